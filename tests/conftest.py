@@ -1,0 +1,48 @@
+"""Shared fixtures: the tiny real INSTRUCTOR checkpoint and the bundled default model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = FIXTURES / "instructor-tiny"
+EXPECTED = FIXTURES / "instructor-tiny-expected.json"
+
+
+@pytest.fixture(scope="session")
+def tiny_path() -> Path:
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def expected() -> dict:
+    return json.loads(EXPECTED.read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from instructor_search import Instructor
+
+    return Instructor(str(TINY), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_without_normalize(tmp_path_factory) -> Path:
+    """The tiny checkpoint with the Normalize entry removed from modules.json."""
+    folder = tmp_path_factory.mktemp("models") / "instructor-tiny-without-normalize"
+    shutil.copytree(TINY, folder)
+    modules = json.loads((folder / "modules.json").read_text())
+    modules = [m for m in modules if not m["type"].endswith("Normalize")]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    from instructor_search import Instructor
+
+    return Instructor(device="cpu")

@@ -78,6 +78,10 @@ def _fingerprinted_files(folder: Path, modules: tuple[ModuleSpec, ...]) -> list[
     return files
 
 
+def _bundled_installed() -> bool:
+    return importlib.util.find_spec(BUNDLED_PACKAGE) is not None
+
+
 def bundled_model_folder() -> Path:
     """The folder of the bundled default model, found without importing its package."""
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
@@ -96,13 +100,20 @@ def bundled_model_folder() -> Path:
     return folder
 
 
-def resolve(model: str | os.PathLike[str] | None, cache_folder: str | None = None) -> Checkpoint:
-    """Find ``model`` on local disk (downloading a hub id only when named) and read its layout."""
-    if model is None:
+def resolve(
+    model: str | os.PathLike[str] | Checkpoint | None, cache_folder: str | None = None
+) -> Checkpoint:
+    """Find ``model`` on local disk (downloading a hub id only when named) and read its layout.
+
+    ``None`` and the bundled model's hub id both give the bundled copy, with no network.
+    """
+    if isinstance(model, Checkpoint):
+        return model
+    if model is None or (str(model) == BUNDLED_MODEL_ID and _bundled_installed()):
         return read_checkpoint(bundled_model_folder(), name=BUNDLED_MODEL_ID)
     path = Path(model).expanduser()
     if path.is_dir():
-        return read_checkpoint(path.resolve(), name=str(model))
+        return read_checkpoint(path.resolve(), name=str(path.resolve()))
     name = str(model)
     if not _HUB_ID.match(name) or path.exists():
         raise ModelNotFoundError(

@@ -60,7 +60,7 @@ class Instructor:
 
     def __init__(
         self,
-        model: str | os.PathLike[str] | None = None,
+        model: str | os.PathLike[str] | Checkpoint | None = None,
         device: str | None = None,
         *,
         profile: profiles.ModelProfile | str | None = None,

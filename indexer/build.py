@@ -1,0 +1,308 @@
+"""The build pipeline: scan → diff against the index → chunk → embed → store, resumable.
+
+Work is committed in batches of documents, each batch one SQLite transaction, so a build
+killed at any moment leaves the index at its last committed batch; rerunning the same build
+skips every document already stored with the same content hash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from instructor_search.checkpoints import Checkpoint, resolve
+from instructor_search.documents import Chunk, Document
+from instructor_search.embedder import Instructor
+from instructor_search.errors import IndexStoreError, InputError, ReaderError
+from instructor_search.profiles import profile_for
+from instructor_search.store import INDEX_FILE, CollectionSettings, Index
+
+from .chunking import Chunker, ChunkSettings
+from .readers import ReaderSettings, ReadFailure, Skipped, scan
+
+logger = logging.getLogger(__name__)
+
+#: Longest title (in tokens) prepended to each chunk for embedding; longer ones are cut.
+MAX_TITLE_TOKENS = 48
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What a build embeds and how. ``None`` instructions take the model profile's defaults."""
+
+    model: str | None = None
+    document_instruction: str | None = None
+    query_instruction: str | None = None
+    chunk: ChunkSettings = field(default_factory=ChunkSettings)
+    reader: ReaderSettings = field(default_factory=ReaderSettings)
+    batch_size: int = 32
+    #: Documents per committed transaction (what a crash can cost at most).
+    commit_documents: int = 64
+    rebuild: bool = False
+
+
+@dataclass
+class BuildReport:
+    """What a build did; ``to_dict`` is what ``instructor-index build --json`` prints."""
+
+    documents_added: int = 0
+    documents_updated: int = 0
+    documents_deleted: int = 0
+    documents_unchanged: int = 0
+    documents_failed: int = 0
+    chunks_embedded: int = 0
+    documents_total: int = 0
+    chunks_total: int = 0
+    seconds: float = 0.0
+    failures: list[ReadFailure] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["failures"] = [asdict(f) for f in self.failures]
+        data["skipped"] = [asdict(s) for s in self.skipped]
+        return data
+
+
+@dataclass
+class _Scan:
+    """The corpus as scanned: documents to embed, ids seen, and files that failed."""
+
+    pending: list[tuple[Document, bool]] = field(default_factory=list)  # (doc, is_update)
+    seen: set[str] = field(default_factory=set)
+    roots: list[Path] = field(default_factory=list)
+    failed_files: set[str] = field(default_factory=set)
+
+
+Progress = Callable[[str, int], None]
+
+
+def build(
+    sources: Sequence[str | os.PathLike[str]],
+    index_path: str | os.PathLike[str],
+    settings: BuildSettings | None = None,
+    *,
+    model: Instructor | None = None,
+    show_progress: bool = False,
+) -> BuildReport:
+    """Bring the index at ``index_path`` in line with ``sources`` (folders, files, record files).
+
+    New and changed documents are embedded, documents gone from a scanned source are removed,
+    unchanged ones cost a hash comparison. Returns what was done.
+    """
+    settings = settings or BuildSettings()
+    validate(settings)
+    started = time.perf_counter()
+    roots = [_checked_source(Path(source)) for source in sources]
+    index_path = Path(index_path)
+    checkpoint = model.checkpoint if model else resolve(settings.model)
+    loaded: list[Instructor] = [model] if model else []
+
+    def the_model() -> Instructor:  # loaded at most once, and only when needed
+        if not loaded:
+            loaded.append(Instructor(checkpoint))
+        return loaded[0]
+
+    collection = _collection_settings(checkpoint, settings, model)
+    index = _open_index(index_path, collection, settings.rebuild, lambda: the_model().dimension)
+    report = BuildReport()
+    try:
+        found = _scan(roots, settings.reader, index.document_hashes(), report)
+        report.documents_deleted = index.delete(_gone(index, found))
+        if found.pending:
+            _embed_and_store(index, the_model(), collection, settings, found.pending, report, show_progress)
+        index.sync_vectors()
+        stats = index.stats()
+        report.documents_total, report.chunks_total = stats.documents, stats.chunks
+    finally:
+        index.close()
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _checked_source(source: Path) -> Path:
+    if not source.exists():
+        raise ReaderError(f"Source {source} does not exist; pass a folder, a file or a JSONL/CSV file")
+    return source.resolve()
+
+
+def _collection_settings(
+    checkpoint: Checkpoint, settings: BuildSettings, model: Instructor | None
+) -> CollectionSettings:
+    profile = model.profile if model else profile_for(checkpoint.name, checkpoint.folder.name)
+    document = settings.document_instruction
+    query = settings.query_instruction
+    return CollectionSettings(
+        model=checkpoint.name,
+        model_fingerprint=checkpoint.fingerprint,
+        dimension=0,  # known once the model is loaded; checked through the fingerprint
+        document_instruction=profile.document_instruction if document is None else document,
+        query_instruction=profile.query_instruction if query is None else query,
+        chunk_tokens=settings.chunk.chunk_tokens,
+        chunk_overlap=settings.chunk.chunk_overlap,
+    )
+
+
+def _open_index(
+    path: Path, collection: CollectionSettings, rebuild: bool, dimension: Callable[[], int]
+) -> Index:
+    """Open the index there, or create it in a new or empty folder; never adopt another folder."""
+    if (path / INDEX_FILE).is_file() and not rebuild:
+        index = Index.open(path)
+        try:
+            index.check_compatible(
+                CollectionSettings(**{**asdict(collection), "dimension": index.settings.dimension})
+            )
+        except BaseException:
+            index.close()
+            raise
+        return index
+    if path.is_dir() and not (path / INDEX_FILE).is_file() and any(path.iterdir()):
+        raise IndexStoreError(
+            f"{path} is a folder with other files in it and no index; "
+            f"pass a new or empty folder to --index"
+        )
+    created = CollectionSettings(**{**asdict(collection), "dimension": dimension()})
+    return Index.create(path, created, overwrite=rebuild)
+
+
+def _scan(
+    roots: list[Path], reader: ReaderSettings, stored: dict[str, str], report: BuildReport
+) -> _Scan:
+    found = _Scan(roots=roots)
+    for root in roots:
+        for item in scan(root, reader):
+            if isinstance(item, Skipped):
+                report.skipped.append(item)
+                logger.info("skipped %s: %s", item.path, item.reason)
+            elif isinstance(item, ReadFailure):
+                report.failures.append(item)
+                report.documents_failed += 1
+                found.failed_files.add(str(root / item.path if root.is_dir() else root))
+                where = f"{item.path}:{item.line}" if item.line else item.path
+                logger.warning("could not read %s: %s", where, item.reason)
+            elif item.id in found.seen:
+                report.failures.append(ReadFailure(item.source, None, f"duplicate id {item.id!r}"))
+                report.documents_failed += 1
+            else:
+                found.seen.add(item.id)
+                held = stored.get(item.id)
+                if held == item.content_hash:
+                    report.documents_unchanged += 1
+                else:
+                    found.pending.append((item, held is not None))
+    return found
+
+
+def _gone(index: Index, found: _Scan) -> list[str]:
+    """Stored documents that came from a scanned source and are not there any more.
+
+    A document whose file failed to read this time is kept: a broken file loses nothing.
+    """
+    roots = [str(root) for root in found.roots]
+    gone = []
+    for doc_id, source in index.document_sources().items():
+        if doc_id in found.seen or not any(_under(source, root) for root in roots):
+            continue
+        if any(_under(source, failed) for failed in found.failed_files):
+            continue
+        gone.append(doc_id)
+    return gone
+
+
+def _under(source: str, root: str) -> bool:
+    return source == root or source.startswith((root + os.sep, root + ":"))
+
+
+def _embed_and_store(
+    index: Index,
+    model: Instructor,
+    collection: CollectionSettings,
+    settings: BuildSettings,
+    pending: list[tuple[Document, bool]],
+    report: BuildReport,
+    show_progress: bool,
+) -> None:
+    instruction = collection.document_instruction
+    max_text = model.max_text_tokens(instruction)
+    progress = _progress_bar(len(pending), show_progress)
+    try:
+        for start in range(0, len(pending), settings.commit_documents):
+            batch = pending[start : start + settings.commit_documents]
+            chunked = [(doc, _chunk(doc, settings.chunk, model, max_text)) for doc, _ in batch]
+            texts = [text for _, pieces in chunked for _, text in pieces]
+            vectors = model.embed(texts, instruction, batch_size=settings.batch_size)
+            rows, offset = [], 0
+            for doc, pieces in chunked:
+                rows.append((doc, [chunk for chunk, _ in pieces], vectors[offset : offset + len(pieces)]))
+                offset += len(pieces)
+            index.upsert(rows)
+            report.chunks_embedded += len(texts)
+            for _, is_update in batch:
+                if is_update:
+                    report.documents_updated += 1
+                else:
+                    report.documents_added += 1
+            if progress is not None:
+                progress.update(len(batch))
+                progress.set_postfix(chunks=report.chunks_embedded, refresh=False)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _chunk(
+    doc: Document, chunk_settings: ChunkSettings, model: Instructor, max_text: int
+) -> list[tuple[Chunk, str]]:
+    """The document's chunks, each with the text to embed: ``title + " " + chunk``.
+
+    The title's tokens (+1 for the seam) come off every chunk's budget, so that no embedded
+    input is ever truncated.
+    """
+    title = _short_title(doc.title, model)
+    if title:
+        max_text -= len(model.tokenizer(title, add_special_tokens=False)["input_ids"]) + 1
+    chunks = Chunker(model.tokenizer, chunk_settings, max_text_tokens=max_text).chunk(doc.text)
+    return [(chunk, f"{title} {chunk.text}" if title else chunk.text) for chunk in chunks]
+
+
+def _short_title(title: str, model: Instructor) -> str:
+    title = " ".join(title.split())
+    if not title:
+        return ""
+    encoded = model.tokenizer(title, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    if len(offsets) <= MAX_TITLE_TOKENS:
+        return title
+    return title[: offsets[MAX_TITLE_TOKENS - 1][1]]
+
+
+def _progress_bar(total: int, show: bool) -> Any:
+    if not show:
+        return None
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="Embedding", unit="doc", file=sys.stderr, dynamic_ncols=True)
+
+
+def delete_documents(index_path: str | os.PathLike[str], doc_ids: Iterable[str]) -> int:
+    """Remove documents (and their chunks) from an index; returns how many were there."""
+    with Index.open(index_path) as index:
+        removed = index.delete(list(doc_ids))
+        index.sync_vectors()
+    return removed
+
+
+def validate(settings: BuildSettings) -> None:
+    """Raise :class:`InputError` for settings that cannot work, before any work is done."""
+    if settings.batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {settings.batch_size}")
+    if settings.commit_documents < 1:
+        raise InputError(f"commit_documents must be at least 1, got {settings.commit_documents}")

@@ -1,0 +1,377 @@
+"""The index folder: real SQLite files in tmp_path, real FAISS, random normalised vectors."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from instructor_search import vectors
+from instructor_search.documents import Chunk, Document
+from instructor_search.errors import (
+    FilterError,
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    IndexStoreError,
+)
+from instructor_search.migrations import MIGRATIONS, SCHEMA_VERSION
+from instructor_search.store import CollectionSettings, Index, IndexStats
+
+DIM = 16
+SETTINGS = CollectionSettings(
+    model="hkunlp/instructor-base",
+    model_fingerprint="sha256:abc",
+    dimension=DIM,
+    document_instruction="Represent the document for retrieval:",
+    query_instruction="Represent the question for retrieving supporting documents:",
+    chunk_tokens=256,
+    chunk_overlap=32,
+)
+NASTY = ['"; DROP TABLE chunks;--', "OR", "NEAR(", "*", '"', '")', "a OR b AND", "'", "%_", ""]
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    rows = rng.standard_normal((n, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def item(doc_id: str, texts: list[str], rng: np.random.Generator, title: str = "", **metadata):
+    text = " ".join(texts)
+    chunks, start = [], 0
+    for ordinal, part in enumerate(texts):
+        chunks.append(Chunk(ordinal, part, start, start + len(part), len(part.split())))
+        start += len(part) + 1
+    doc = Document(doc_id, text, title=title, source=f"/corpus/{doc_id}", metadata=metadata)
+    return doc, chunks, unit(rng, len(texts))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def index(tmp_path, rng):
+    with Index.create(tmp_path / "idx", SETTINGS) as ix:
+        ix.upsert(
+            [
+                item("a/one.md", ["the quick brown fox", "jumps over"], rng, "Foxes", lang="en"),
+                item(
+                    "a/two.pdf", ["le renard brun", "saute"], rng, "Renards", lang="fr", year=2021
+                ),
+                item("b/three.txt", ["lazy dogs sleep"], rng, "Dogs", lang="en", year=2023),
+            ]
+        )
+        yield ix
+
+
+def brute_force(ix: Index, ids: np.ndarray, query: np.ndarray, k: int) -> list[int]:
+    sims = ix.embeddings(ids) @ query
+    return [int(i) for i in ids[np.argsort(-sims, kind="stable")[:k]]]
+
+
+# -- create / open -------------------------------------------------------------------------
+
+
+def test_create_open_reopen(tmp_path, index):
+    path = tmp_path / "idx"
+    assert {p.name for p in path.iterdir()} >= {"index.sqlite"}
+    index.close()
+    with Index.open(path) as again:
+        assert again.settings == SETTINGS
+        assert again.generation == 1
+        stats = again.stats()
+        assert isinstance(stats, IndexStats)
+        assert (stats.documents, stats.chunks, stats.schema_version) == (3, 5, SCHEMA_VERSION)
+        assert stats.to_dict()["model"] == SETTINGS.model and stats.size_bytes > 0
+        assert stats.index_type == "flat" and stats.built_at
+    with pytest.raises(IndexStoreError, match="already exists"):
+        Index.create(path, SETTINGS)
+    with Index.create(path, SETTINGS, overwrite=True) as fresh:
+        assert fresh.stats().documents == 0 and fresh.generation == 0
+
+
+def test_open_missing_never_creates(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(IndexNotFoundError, match="instructor-index build SOURCE --index"):
+        Index.open(missing)
+    assert not missing.exists()
+    other = tmp_path / "docs"
+    other.mkdir()
+    (other / "notes.txt").write_text("hello")
+    with pytest.raises(IndexNotFoundError, match=r"no index\.sqlite"):
+        Index.open(other, readonly=True)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_corrupt_or_foreign_database(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "index.sqlite").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(IndexCorruptError, match=r"index\.sqlite"):
+        Index.open(folder)
+    (folder / "index.sqlite").unlink()
+    sqlite3.connect(folder / "index.sqlite").execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(IndexCorruptError, match="not an instructor-search index"):
+        Index.open(folder)
+    conn = sqlite3.connect(folder / "index.sqlite")
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["t"]
+
+
+def test_migrations_recorded_once_and_newer_refused(tmp_path, index):
+    path = tmp_path / "idx"
+    index.close()
+    for _ in range(2):
+        Index.open(path).close()
+    conn = sqlite3.connect(path / "index.sqlite")
+    names = [r[0] for r in conn.execute("SELECT name FROM _migrations")]
+    assert names == [fn.__name__ for fn in MIGRATIONS] and len(names) == SCHEMA_VERSION
+    conn.execute("INSERT INTO _migrations VALUES ('m999_from_the_future', '2030-01-01')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(IndexCorruptError, match=r"newer instructor-search.*upgrade"):
+        Index.open(path, readonly=True)
+
+
+def test_check_compatible(index):
+    index.check_compatible(SETTINGS)
+    index.check_compatible(replace(SETTINGS, model="/local/copy/of/it"))  # same weights
+    other = replace(SETTINGS, model="hkunlp/instructor-large", model_fingerprint="x", dimension=768)
+    with pytest.raises(IndexMismatchError) as err:
+        index.check_compatible(other)
+    message = str(err.value)
+    assert "hkunlp/instructor-base" in message and "--rebuild" in message
+    assert "768" in message and "dimension" in message
+    for change in ({"query_instruction": "Represent:"}, {"chunk_tokens": 128}):
+        with pytest.raises(IndexMismatchError, match="--rebuild"):
+            index.check_compatible(replace(SETTINGS, **change))
+
+
+# -- writes --------------------------------------------------------------------------------
+
+
+def test_upsert_replace_delete_keep_fts_in_sync(index, rng):
+    assert index.document_hashes()["a/one.md"] == index.document("a/one.md").content_hash
+    assert index.document_sources()["a/two.pdf"] == "/corpus/a/two.pdf"
+    old_ids = [hit for hit, _ in index.keyword_search("fox", 10)]
+    assert old_ids and index.keyword_search("foxes", 10)  # porter stemming, title column
+    index.upsert([item("a/one.md", ["a brand new wolf"], rng, "Wolves", lang="en")])
+    assert index.generation == 2
+    assert index.keyword_search("fox", 10) == []
+    new = index.keyword_search("wolf", 10)
+    assert len(new) == 1 and new[0][0] > max(old_ids)  # AUTOINCREMENT: ids never reused
+    assert index.document("a/one.md").text == "a brand new wolf"
+    assert index.chunks([new[0][0]])[0].title == "Wolves"
+    assert index.delete(["b/three.txt", "not/there"]) == 1
+    assert index.generation == 3
+    assert index.delete(["not/there"]) == 0 and index.generation == 3
+    assert index.keyword_search("dogs", 10) == [] and index.document("b/three.txt") is None
+    assert index.stats().chunks == 3
+    index.upsert([])
+    assert index.generation == 3
+
+
+def test_wrong_dimension_writes_nothing(index, rng):
+    doc, chunks, _ = item("c/new.md", ["text"], rng)
+    with pytest.raises(IndexMismatchError, match="16-dimensional"):
+        index.upsert([item("c/ok.md", ["fine"], rng), (doc, chunks, unit(rng, 1, dim=8))])
+    assert index.generation == 1 and index.document("c/ok.md") is None
+
+
+def test_reads(index):
+    records = index.chunks([5, 1, -1, 999, 3])
+    assert [r.chunk_id for r in records] == [5, 1, 3]
+    first = records[1]
+    assert (first.doc_id, first.ordinal, first.text, first.title) == (
+        "a/one.md",
+        0,
+        "the quick brown fox",
+        "Foxes",
+    )
+    doc = index.document("a/one.md")
+    assert doc.text[first.start : first.end] == first.text and first.metadata == {"lang": "en"}
+    emb = index.embeddings([3, 1])
+    assert emb.shape == (2, DIM) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+# -- filters -------------------------------------------------------------------------------
+
+
+def test_fields_and_filters(index):
+    fields = index.fields()
+    assert fields["lang"] == "text" and fields["year"] == "number" and fields["mtime"] == "number"
+    assert {"doc_id", "title", "source", "type", "folder", "size", "indexed_at"} <= set(fields)
+
+    def docs(where):
+        return sorted({r.doc_id for r in index.chunks(index.matching_chunk_ids(where))})
+
+    assert docs({"type": "pdf"}) == ["a/two.pdf"]
+    assert docs({"type": ["md", "txt"]}) == ["a/one.md", "b/three.txt"]
+    assert docs({"folder": "a", "lang": "en"}) == ["a/one.md"]
+    assert docs({"year": {">=": 2022}}) == ["b/three.txt"]
+    assert docs({"year": {">": 2020, "<": 2024}}) == ["a/two.pdf", "b/three.txt"]
+    assert docs({"year": None}) == ["a/one.md"]
+    assert docs({"lang": {"!=": "en"}}) == ["a/two.pdf"]
+    assert docs({"doc_id": "b/three.txt"}) == docs({"id": "b/three.txt"}) == ["b/three.txt"]
+    assert docs({"type": []}) == []
+    with pytest.raises(FilterError, match=r"known fields: .*lang"):
+        index.matching_chunk_ids({"colour": "red"})
+    with pytest.raises(FilterError, match="valid operators: =, !=, <"):
+        index.matching_chunk_ids({"year": {"~": 3}})
+    with pytest.raises(FilterError):
+        index.matching_chunk_ids({"year": {"=": [1, 2]}})
+    assert docs({"year": np.int64(2021)}) == ["a/two.pdf"]  # numpy scalars are fine
+
+
+def test_odd_metadata_keys(index, rng):
+    index.upsert([item("c/odd.md", ["odd"], rng, **{"a.b": 1, 'say "hi"': "yes", "draft": True})])
+    assert index.fields()["draft"] == "bool"
+    for where in ({"a.b": 1}, {'say "hi"': "yes"}, {"draft": True}):
+        found = index.matching_chunk_ids(where)
+        assert [r.doc_id for r in index.chunks(found)] == ["c/odd.md"]
+
+
+def test_hostile_strings_are_text(index):
+    for text in NASTY:
+        assert index.keyword_search(text, 5) == [] or text in ("OR", "a OR b AND")
+        assert index.matching_chunk_ids({"lang": text}).size == 0
+        assert index.keyword_search("fox", 5, where={"title": text}) == []
+        with pytest.raises(FilterError):
+            index.matching_chunk_ids({text: "x"})
+    assert index.stats().chunks == 5
+    # operators in a query are words, not syntax
+    hits = index.keyword_search('fox" OR NEAR(dogs*', 10)
+    assert {index.chunks([c])[0].doc_id for c, _ in hits} == {"a/one.md", "b/three.txt"}
+    assert all(score > 0 for _, score in hits)
+    assert index.keyword_search("fox", 10, where={"lang": "fr"}) == []
+
+
+# -- vectors -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def big(tmp_path, rng):
+    """2,500 documents x 2 chunks; 6 documents (12 chunks) carry the tag "rare"."""
+    ix = Index.create(tmp_path / "big", SETTINGS)
+    batch = []
+    for i in range(2500):
+        tag = "rare" if i % 420 == 7 else "common"
+        batch.append(item(f"d{i}.md", [f"doc {i} part one", f"doc {i} part two"], rng, tag=tag))
+    ix.upsert(batch)
+    ix.sync_vectors()
+    yield ix
+    ix.close()
+
+
+def test_filtered_search_returns_k_when_k_match(big, rng):
+    rare = big.matching_chunk_ids({"tag": "rare"})
+    assert len(rare) == 12 and big.stats().chunks == 5000
+    queries = unit(rng, 5)
+    scores, ids = big.search_vectors(queries, 10, where={"tag": "rare"})
+    for q, row, row_scores in zip(queries, ids, scores, strict=True):
+        assert row.tolist() == brute_force(big, rare, q, 10)
+        assert np.all(np.diff(row_scores) <= 1e-6)
+    _, ids = big.search_vectors(queries, 20, where={"tag": "rare"})
+    assert (ids[:, :12] >= 0).all() and (ids[:, 12:] == -1).all()
+    common = big.matching_chunk_ids({"tag": "common"})  # > EXACT_FILTER_MAX: FAISS selector
+    assert len(common) > vectors.EXACT_FILTER_MAX
+    _, ids = big.search_vectors(queries, 10, where={"tag": "common"})
+    for q, row in zip(queries, ids, strict=True):
+        assert row.tolist() == brute_force(big, common, q, 10)
+    _, ids = big.search_vectors(queries[0], 10)
+    assert ids[0].tolist() == brute_force(big, np.arange(1, 5001), queries[0], 10)
+    with pytest.raises(IndexMismatchError):
+        big.search_vectors(unit(rng, 1, dim=8), 10)
+
+
+def test_hnsw_index_through_the_store(big, rng, monkeypatch):
+    monkeypatch.setattr(vectors, "FLAT_MAX", 1000)
+    big.upsert([item("extra.md", ["one more"], rng, tag="rare")])  # new generation: rebuild
+    big.sync_vectors()
+    stats = big.stats()
+    assert stats.index_type.startswith("hnsw32,ef=") and stats.recall_at_10 >= 0.95
+    assert vectors.read_generation(big.path / "vectors.faiss") == stats.generation
+    rare = big.matching_chunk_ids({"tag": "rare"})
+    queries = unit(rng, 3)
+    _, ids = big.search_vectors(queries, 10, where={"tag": ["rare"]})
+    for q, row in zip(queries, ids, strict=True):
+        assert row.tolist() == brute_force(big, rare, q, 10)
+    _, ids = big.search_vectors(queries, 10, where={"tag": "common"})
+    assert (ids >= 0).all()
+    with Index.open(big.path, readonly=True) as reader:  # loads the HNSW file as written
+        assert reader.search_vectors(queries, 10)[1].shape == (3, 10)
+
+
+def test_vectors_file_rebuilt_when_missing_stale_or_garbage(big, rng):
+    file = big.path / "vectors.faiss"
+    query = unit(rng, 1)
+    expected = big.search_vectors(query, 10)[1]
+    assert vectors.read_generation(file) == big.generation
+    for damage in ("missing", "garbage", "stale"):
+        if damage == "missing":
+            file.unlink()
+        elif damage == "garbage":
+            file.write_bytes(b"\x00garbage" * 64)
+        else:
+            vectors.save(vectors.build_vector_index(np.arange(3), unit(rng, 3))[0], file, 0)
+        with Index.open(big.path, readonly=True) as reader:
+            np.testing.assert_array_equal(reader.search_vectors(query, 10)[1], expected)
+        assert (damage == "missing" and not file.exists()) or vectors.read_generation(file) != 1
+        with Index.open(big.path) as writer:
+            np.testing.assert_array_equal(writer.search_vectors(query, 10)[1], expected)
+        assert vectors.read_generation(file) == big.generation  # the writer wrote it back
+
+
+def test_reader_sees_writer_generation(tmp_path, index, rng):
+    reader = Index.open(tmp_path / "idx", readonly=True)
+    new_doc = item("c/new.md", ["brand new text"], rng)
+    query = new_doc[2][0]
+    assert reader.search_vectors(query, 1)[1][0, 0] != 6
+    index.upsert([new_doc])
+    assert reader.search_vectors(query, 1)[1][0, 0] == 6  # next search reloads
+    assert reader.keyword_search("brand", 3)[0][0] == 6
+    with pytest.raises(IndexStoreError, match="read-only"):
+        reader.delete(["c/new.md"])
+    reader.close()
+
+
+def test_snapshot_spans_calls(index, rng):
+    with index.snapshot():  # a writable index may rebuild vectors.faiss inside: deferred
+        _, ids = index.search_vectors(unit(rng, 1), 3)
+        assert len(index.chunks(ids[0])) == 3
+    assert vectors.read_generation(index.path / "vectors.faiss") == index.generation
+
+
+def test_readers_while_a_writer_commits(tmp_path, index):
+    """Separate connections: no 'database is locked', and every search is self-consistent."""
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        local = np.random.default_rng(1)
+        try:
+            with Index.open(tmp_path / "idx") as writer:
+                for i in range(30):
+                    writer.upsert([item(f"w/{i}.md", [f"written {i}"] * 3, local, n=i)])
+                    if i % 3 == 2:
+                        writer.delete([f"w/{i - 1}.md"])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=write)
+    with Index.open(tmp_path / "idx", readonly=True) as reader:
+        thread.start()
+        queries = unit(np.random.default_rng(2), 4)
+        while thread.is_alive():
+            with reader.snapshot():
+                _, ids = reader.search_vectors(queries, 50, where={"type": "md"})
+                found = ids[ids >= 0]
+                assert len(reader.chunks(found)) == len(found)  # no torn reads
+            reader.keyword_search("written", 5)
+        thread.join()
+        assert not errors
+        assert reader.stats().documents == 23

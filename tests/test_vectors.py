@@ -1,0 +1,167 @@
+"""vectors.py against brute force: exact search is exact, HNSW recall is measured independently."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from instructor_search import vectors
+from instructor_search.errors import IndexStoreError
+from instructor_search.vectors import (
+    VectorFileError,
+    Vectors,
+    build_vector_index,
+    load,
+    measure_recall_at_10,
+    read_generation,
+    save,
+)
+
+
+def normalised(rows: np.ndarray) -> np.ndarray:
+    rows = rows.astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Random-ish vectors around 200 centres, like embeddings of a multi-topic corpus."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((200, dim))
+    return normalised(centres[rng.integers(0, 200, n)] + 0.5 * rng.standard_normal((n, dim)))
+
+
+def near(matrix: np.ndarray, n: int, seed: int, cos: float = 0.9) -> np.ndarray:
+    """Queries that are not stored vectors: each at cosine ``cos`` to a random stored one
+    (about how close a real query is to its best document)."""
+    rng = np.random.default_rng(seed)
+    source = matrix[rng.choice(len(matrix), n)]
+    noise = rng.standard_normal(source.shape)
+    noise -= (noise * source).sum(axis=1, keepdims=True) * source
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    return normalised(cos * source + np.sqrt(1 - cos**2) * noise)
+
+
+def brute_force(queries: np.ndarray, matrix: np.ndarray, ids: np.ndarray, k: int):
+    sims = queries @ matrix.T
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, order, axis=1), ids[order]
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    hits = [len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)]
+    return sum(hits) / truth.size
+
+
+def test_flat_is_exact():
+    rng = np.random.default_rng(1)
+    matrix = normalised(rng.standard_normal((3000, 32)))
+    ids = rng.permutation(100_000)[:3000].astype(np.int64)  # labels are chunk ids, not rows
+    index, info = build_vector_index(ids, matrix)
+    assert info == vectors.VectorIndexInfo("flat", 1.0)
+    assert vectors.describe(index) == "flat"
+    queries = normalised(rng.standard_normal((20, 32)))
+    scores, labels = Vectors(index).search(queries, 10)
+    want_scores, want_labels = brute_force(queries, matrix, ids, 10)
+    np.testing.assert_array_equal(labels, want_labels)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+    assert measure_recall_at_10(index, matrix, ids=ids) == 1.0
+
+
+def test_flat_pads_and_filters():
+    rng = np.random.default_rng(2)
+    matrix = normalised(rng.standard_normal((50, 8)))
+    ids = np.arange(100, 150, dtype=np.int64)
+    searcher = Vectors(build_vector_index(ids, matrix)[0])
+    query = matrix[:1]
+    scores, labels = searcher.search(query, 60)
+    assert (labels[0, :50] >= 0).all() and (labels[0, 50:] == -1).all()
+    assert np.isneginf(scores[0, 50:]).all()
+    allowed = np.array([101, 120, 149, 9999])  # 9999 is not in the index
+    scores, labels = searcher.search(query, 5, allowed)
+    _, want = brute_force(query, matrix[[1, 20, 49]], ids[[1, 20, 49]], 3)
+    assert labels[0, :3].tolist() == want[0].tolist() and labels[0, 3:].tolist() == [-1, -1]
+    empty = Vectors(build_vector_index(np.empty(0, np.int64), np.empty((0, 8), np.float32))[0])
+    assert empty.search(query, 3)[1].tolist() == [[-1, -1, -1]]
+
+
+@pytest.fixture(scope="module")
+def hnsw():
+    matrix = clustered(60_000, 64)
+    ids = np.arange(60_000, dtype=np.int64) * 7 + 3
+    index, info = build_vector_index(ids, matrix)
+    return index, info, matrix, ids
+
+
+def test_hnsw_above_flat_max_and_recall_is_measured(hnsw):
+    index, info, matrix, ids = hnsw
+    assert len(ids) > vectors.FLAT_MAX
+    assert info.index_type.startswith("hnsw32,ef=")
+    assert info.recall_at_10 is not None and info.recall_at_10 >= 0.95
+    # Independently of measure_recall_at_10: fresh queries (not the stored vectors) vs numpy.
+    queries = near(matrix, 300, seed=7)
+    _, found = index.search(queries, 10)
+    _, truth = brute_force(queries, matrix, ids, 10)
+    assert recall(found, truth) >= 0.95
+
+
+def test_hnsw_filtered_search(hnsw):
+    index, _, matrix, ids = hnsw
+    searcher = Vectors(index)
+    rng = np.random.default_rng(8)
+    queries = near(matrix, 20, seed=8)
+    # selective: answered exactly
+    rows = rng.choice(len(ids), 12, replace=False)
+    _, labels = searcher.search(queries, 10, ids[rows])
+    _, truth = brute_force(queries, matrix[rows], ids[rows], 10)
+    np.testing.assert_array_equal(labels, truth)
+    # broad: FAISS selector; always k hits, all allowed, recall vs brute force on the subset
+    rows = np.sort(rng.choice(len(ids), 10_000, replace=False))
+    _, labels = searcher.search(queries, 10, ids[rows])
+    assert (labels >= 0).all() and np.isin(labels, ids[rows]).all()
+    _, truth = brute_force(queries, matrix[rows], ids[rows], 10)
+    assert recall(labels, truth) >= 0.9
+
+
+def test_save_load_roundtrip_keeps_generation_and_ef(tmp_path, hnsw):
+    index, info, matrix, _ = hnsw
+    path = tmp_path / "vectors.faiss"
+    save(index, path, generation=42)
+    assert read_generation(path) == 42
+    loaded, generation = load(path)
+    assert generation == 42 and loaded.ntotal == index.ntotal
+    assert vectors.describe(loaded) == info.index_type  # efSearch travels with the file
+    np.testing.assert_array_equal(loaded.search(matrix[:5], 10)[1], index.search(matrix[:5], 10)[1])
+    assert [p.name for p in tmp_path.iterdir()] == ["vectors.faiss"]  # no temp file left behind
+
+
+def test_unreadable_files(tmp_path):
+    matrix = normalised(np.random.default_rng(3).standard_normal((100, 16)))
+    path = tmp_path / "vectors.faiss"
+    save(build_vector_index(np.arange(100), matrix)[0], path, generation=3)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VectorFileError, match="truncated"):
+        load(path)
+    path.write_bytes(data[:10])
+    with pytest.raises(VectorFileError, match="truncated"):
+        load(path)
+    path.write_bytes(b"garbage" * 100)
+    with pytest.raises(VectorFileError):
+        load(path)
+    assert read_generation(path) is None
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    with pytest.raises(VectorFileError, match="checksum"):
+        load(path)
+    assert issubclass(VectorFileError, IndexStoreError)
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing.faiss")
+    assert read_generation(tmp_path / "missing.faiss") is None
+
+
+def test_falls_back_to_flat_when_recall_is_low(monkeypatch):
+    monkeypatch.setattr(vectors, "TARGET_RECALL", 1.01)  # unreachable
+    matrix = clustered(2000, 16, seed=4)
+    index, info = build_vector_index(np.arange(2000), matrix, flat_max=100)
+    assert info.index_type == "flat" and info.recall_at_10 == 1.0
+    assert isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)

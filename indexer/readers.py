@@ -1,0 +1,507 @@
+"""Corpus readers: files and records become :class:`Document`s.
+
+:func:`scan` walks a folder (or reads one file) and yields a ``Document`` per file or record, a
+:class:`ReadFailure` for input it cannot read (the file, the line, what to do) and a
+:class:`Skipped` for files of an unknown type. Bad input never raises out of a scan; only a
+missing source does. One small reader per format, registered by extension in ``_READERS``.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import itertools
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from html.parser import HTMLParser
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from instructor_search.documents import Document
+from instructor_search.errors import ReaderError
+
+_SNIFF_BYTES = 8192
+_TITLE_CHARS = 200
+
+
+@dataclass(frozen=True)
+class ReaderSettings:
+    """Which files a scan reads, and how CSV records are laid out.
+
+    ``include``/``exclude`` are glob patterns (fnmatch, where ``**/`` may also match no folder)
+    on the path relative to the source root; an empty ``include`` reads every file. The CSV id
+    column defaults to ``_id`` or ``id`` when the header has one, else ``<path>:<row number>``.
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    csv_text_column: str = "text"
+    csv_id_column: str | None = None
+
+
+@dataclass(frozen=True)
+class ReadFailure:
+    """A file (or one record of it) that could not be read.
+
+    ``path`` is relative to the source root (POSIX slashes); ``line`` is the line of a broken
+    JSONL/CSV record or of a JSON syntax error; ``reason`` says what is wrong and what to do.
+    """
+
+    path: str
+    line: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file the scan passed over (e.g. of an unknown type)."""
+
+    path: str
+    reason: str
+
+
+ScanItem = Document | ReadFailure | Skipped
+
+
+class _Bad(Exception):
+    """A file (or one record) that cannot be read: ``args`` are (reason, line)."""
+
+    def __init__(self, reason: str, line: int | None = None) -> None:
+        super().__init__(reason, line)
+
+
+@dataclass(frozen=True)
+class _File:
+    """A file found by the scan."""
+
+    path: Path  # absolute, symlinks kept
+    rel: str  # relative to the source root, POSIX slashes
+    ext: str  # lowercase, with the dot
+    folder: str  # the relative parent folder, "" at the root
+    size: int
+    mtime: float
+    settings: ReaderSettings
+
+
+Reader = Callable[[_File], Iterator[Document | ReadFailure]]
+
+
+def scan(source: Path | str, settings: ReaderSettings = ReaderSettings()) -> Iterator[ScanItem]:
+    """Read a folder (recursively), a single file, or a JSONL/JSON/CSV file of records.
+
+    Raises :class:`ReaderError` at once if ``source`` does not exist; any other problem is
+    yielded as a :class:`ReadFailure` and the scan goes on.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise ReaderError(f"corpus source {source} does not exist; check the path")
+    return _scan(Path(os.path.abspath(source)), settings)
+
+
+def _scan(source: Path, settings: ReaderSettings) -> Iterator[ScanItem]:
+    seen: dict[str, str] = {}  # document id -> where it was first seen
+    found: Iterable[tuple[Path, str] | ReadFailure | Skipped]
+    if source.is_dir():
+        found = _walk(source, "", settings, frozenset())
+    elif source.is_file():
+        found = [(source, source.name)]
+    else:
+        found = [Skipped(source.name, "not a regular file")]
+    for item in found:
+        if not isinstance(item, tuple):
+            yield item
+        elif _selected(item[1], settings):
+            yield from _read(*item, settings, seen)
+
+
+def _walk(
+    folder: Path, rel: str, settings: ReaderSettings, ancestors: frozenset[str]
+) -> Iterator[tuple[Path, str] | ReadFailure | Skipped]:
+    """Files under ``folder`` in name order, following symlinks, hidden names left out."""
+    real = os.path.realpath(folder)
+    if real in ancestors:
+        yield ReadFailure(rel, None, f"symlink loop back to {real}; remove the link or exclude it")
+        return
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as exc:
+        yield ReadFailure(rel or ".", None, f"cannot list the folder ({exc.strerror or exc})")
+        return
+    for entry in entries:
+        child, path = f"{rel}/{entry.name}" if rel else entry.name, folder / entry.name
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir, is_file = entry.is_dir(), entry.is_file()
+        except OSError:  # e.g. a link to itself
+            is_dir = is_file = False
+        if is_dir:
+            if not any(_matches(child, pattern) for pattern in settings.exclude):
+                yield from _walk(path, child, settings, ancestors | {real})
+        elif is_file:
+            yield path, child
+        elif entry.is_symlink():
+            loop = _stat_errno(path) == errno.ELOOP
+            why = "symlink loop" if loop else f"broken symlink to {os.readlink(path)}"
+            yield ReadFailure(child, None, f"{why}; fix or remove the link, or exclude it")
+        else:
+            yield Skipped(child, "not a regular file")
+
+
+def _stat_errno(path: Path) -> int | None:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def _matches(rel: str, pattern: str) -> bool:
+    """fnmatch on the relative path, where ``**/`` may also stand for no folder at all."""
+    if fnmatchcase(rel, pattern):
+        return True
+    return "**/" in pattern and _matches(rel, pattern.replace("**/", "", 1))
+
+
+def _selected(rel: str, settings: ReaderSettings) -> bool:
+    """Whether ``rel`` is included, and neither it nor a folder above it excluded."""
+    if settings.include and not any(_matches(rel, p) for p in settings.include):
+        return False
+    parts = rel.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    return not any(_matches(prefix, p) for p in settings.exclude for prefix in prefixes)
+
+
+def _read(
+    path: Path, rel: str, settings: ReaderSettings, seen: dict[str, str]
+) -> Iterator[ScanItem]:
+    """Read one file with the reader for its extension; failures become items."""
+    ext = PurePosixPath(rel).suffix.lower()
+    reader = _READERS.get(ext)
+    if reader is None:
+        what = f"unknown extension {ext}" if ext else "no file extension"
+        yield Skipped(rel, f"{what}; readable types: {', '.join(sorted(_READERS))}")
+        return
+    try:
+        stat = path.stat()
+        folder = rel.rpartition("/")[0]
+        file = _File(path, rel, ext, folder, stat.st_size, stat.st_mtime, settings)
+        for item in reader(file):
+            yield _check_unique(item, rel, seen) if isinstance(item, Document) else item
+    except _Bad as bad:
+        yield ReadFailure(rel, bad.args[1], bad.args[0])
+    except PermissionError:
+        yield ReadFailure(rel, None, "permission denied; make the file readable or exclude it")
+    except OSError as exc:
+        yield ReadFailure(rel, None, f"cannot read the file ({exc.strerror or exc})")
+
+
+def _check_unique(doc: Document, rel: str, seen: dict[str, str]) -> Document | ReadFailure:
+    line, record = doc.metadata.get("line"), doc.metadata.get("record")
+    if doc.id in seen:
+        why = f"duplicate id {doc.id!r}, first seen at {seen[doc.id]}; ids must be unique"
+        return ReadFailure(rel, line, why)
+    seen[doc.id] = f"{rel}:{line}" if line else f"{rel}#{record}" if record else rel
+    return doc
+
+
+# -- documents: one file, one Document ------------------------------------------------------
+
+
+def _refuse_binary(head: bytes) -> None:
+    if b"\x00" in head[:_SNIFF_BYTES]:
+        raise _Bad("binary file (NUL bytes); if it is UTF-16 text, convert it to UTF-8")
+
+
+def _decode(data: bytes) -> str:
+    """UTF-8 text of a file (a BOM dropped); binary, non-UTF-8 and empty files are refused."""
+    _refuse_binary(data)
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise _Bad(f"not valid UTF-8 at byte {exc.start}; convert it to UTF-8") from None
+    if not text.strip():
+        raise _Bad("empty file")
+    return text
+
+
+def _file_document(file: _File, title: str, text: str) -> Document:
+    title = " ".join(title.split())
+    if len(title) > _TITLE_CHARS:  # a heuristic title can be a whole paragraph
+        title = title[:_TITLE_CHARS].rsplit(" ", 1)[0]
+    title = title or PurePosixPath(file.rel).stem
+    metadata = {"path": file.rel, "type": file.ext[1:], "folder": file.folder}
+    metadata.update(size=file.size, mtime=file.mtime, title=title)
+    return Document(id=file.rel, text=text, title=title, source=str(file.path), metadata=metadata)
+
+
+def _first_line(text: str | Iterable[str]) -> str:
+    lines = text.splitlines() if isinstance(text, str) else text
+    return next((line.strip() for line in lines if line.strip()), "")
+
+
+_ATX_H1 = re.compile(r"^ {0,3}#[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
+_FRONT_TITLE = re.compile(r"^title:\s*(.+?)\s*$")
+
+
+def _markdown_title(text: str) -> str:
+    """YAML front matter ``title:``, else the first ``# `` heading, else the first line."""
+    lines = text.splitlines()
+    if lines and lines[0].strip() == "---":
+        end = next((n for n, line in enumerate(lines[1:], 1) if line.strip() in ("---", "...")), 0)
+        for line in lines[1:end]:
+            if match := _FRONT_TITLE.match(line):
+                return match.group(1).strip("'\"")
+        lines = lines[end + 1 :] if end else lines
+    fenced, first = False, ""
+    for line in lines:
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced and (match := _ATX_H1.match(line)):
+            return match.group(1)
+        elif not fenced and not first and line.strip():
+            first = line.strip().lstrip("#").strip()
+    return first
+
+
+_RST_ADORNMENT = re.compile(r"^([=\-~^\"'`#*+:._!$%&,/;<>?@\\|])\1{2,}\s*$")
+
+
+def _rst_title(text: str) -> str:
+    """The first line underlined with an adornment (=== / --- ...), else the first line."""
+    lines = [line for line in text.splitlines() if not line.startswith("..")]
+    for line, under in itertools.pairwise(lines):
+        if line.strip() and not _RST_ADORNMENT.match(line) and _RST_ADORNMENT.match(under):
+            return line.strip()
+    return _first_line(line for line in lines if not _RST_ADORNMENT.match(line))
+
+
+def _plain(title_of: Callable[[str], str]) -> Reader:
+    """A reader of a plain-text format (the text as is), with its way of finding the title."""
+
+    def read(file: _File) -> Iterator[Document]:
+        text = _decode(file.path.read_bytes())
+        yield _file_document(file, title_of(text), text)
+
+    return read
+
+
+_BLOCK_TAGS = (
+    "address article aside blockquote body caption details dialog div dl fieldset figcaption "
+    "figure footer form h1 h2 h3 h4 h5 h6 header hr main nav ol p pre section summary table ul"
+)
+
+
+class _HTMLText(HTMLParser):
+    """Visible text of a page, block elements apart; the <title> and the first h1 and h2."""
+
+    SKIP = frozenset({"script", "style", "template", "noscript", "head"})
+    BREAK = frozenset({"br", "li", "tr", "dt", "dd", "option"})
+    BLOCK = frozenset(_BLOCK_TAGS.split())
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skipping: list[str] = []  # open elements whose text is not shown
+        self.pre = 0
+        self.capture: tuple[str, list[str]] | None = None  # ("title" | "h1" | "h2", text)
+        self.found: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "body":
+            self.skipping.clear()  # a <head> that was never closed
+        if tag in self.SKIP:
+            self.skipping.append(tag)
+        elif tag in ("title", "h1", "h2") and tag not in self.found and not self.capture:
+            self.capture = (tag, []) if tag == "title" or not self.skipping else None
+        self.pre += tag == "pre"
+        if not self.skipping:
+            self.parts.append("\n\n" if tag in self.BLOCK else "\n" if tag in self.BREAK else "")
+            self.parts.append(" " if tag in ("td", "th") else "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.skipping:
+            del self.skipping[len(self.skipping) - 1 - self.skipping[::-1].index(tag)]
+        if self.capture and self.capture[0] == tag:
+            self.found[tag] = " ".join("".join(self.capture[1]).split())
+            self.capture = None
+        self.pre = max(0, self.pre - (tag == "pre"))
+        if not self.skipping and tag in self.BLOCK:
+            self.parts.append("\n\n")
+
+    def handle_data(self, data: str) -> None:
+        if self.capture:
+            self.capture[1].append(data)
+        if not self.skipping:
+            self.parts.append(data if self.pre else re.sub(r"\s+", " ", data))
+
+    def text(self) -> str:
+        lines = "".join(self.parts).split("\n")
+        text = "\n".join(re.sub(r"[ \t]{2,}", " ", line).strip() for line in lines)
+        return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def _read_html(file: _File) -> Iterator[Document]:
+    parser = _HTMLText()
+    parser.feed(_decode(file.path.read_bytes()))
+    parser.close()
+    if not (text := parser.text()):
+        raise _Bad("no visible text in the page")
+    found = parser.found
+    yield _file_document(file, found.get("title") or found.get("h1") or found.get("h2", ""), text)
+
+
+def _read_pdf(file: _File) -> Iterator[Document]:
+    try:
+        from pypdf import PdfReader
+    except ImportError:
+        raise _Bad("reading PDF needs pypdf: pip install 'instructor-search[pdf]'") from None
+    if not (data := file.path.read_bytes()).strip():
+        raise _Bad("empty file")
+    try:
+        pdf = PdfReader(io.BytesIO(data))
+        if pdf.is_encrypted and not pdf.decrypt(""):
+            raise _Bad("encrypted PDF; save a copy without a password")
+        pages = [(page.extract_text() or "").strip() for page in pdf.pages]
+        info_title = pdf.metadata.title if pdf.metadata else None
+    except _Bad:
+        raise
+    except Exception as exc:  # pypdf raises many kinds of errors on damaged files
+        why = f"{type(exc).__name__}: {exc}"
+        raise _Bad(f"cannot parse the PDF ({why}); check that it opens in a viewer") from None
+    if not (text := "\n\n".join(page for page in pages if page)):
+        raise _Bad("no extractable text (a scanned PDF?); run OCR on it first")
+    title = info_title.strip() if isinstance(info_title, str) else ""
+    yield _file_document(file, title or _first_line(text), text)
+
+
+# -- records: BEIR corpus layout (_id, title, text, metadata) --------------------------------
+
+
+def _record(
+    file: _File,
+    row: dict[str, Any],
+    where: tuple[str, int],  # ("line" | "record", number)
+    text_key: str = "text",
+    id_key: str | None = None,
+    fallback_id: str | None = None,
+) -> Document:
+    """One record as a Document; raises :class:`_Bad` without an id or a text."""
+    if id_key is None:
+        id_key = "_id" if "_id" in row else "id" if "id" in row else None
+    raw_id = row.get(id_key) if id_key else None
+    if raw_id is None or raw_id == "":
+        if fallback_id is None:
+            raise _Bad("record has no id; give each record an '_id' or 'id' field")
+        raw_id = fallback_id
+    if not isinstance(raw_id, (str, int, float)) or isinstance(raw_id, bool):
+        raise _Bad(f"record id must be a string or a number, not {type(raw_id).__name__}")
+    doc_id, text, title = str(raw_id), row.get(text_key), row.get("title")
+    if not isinstance(text, str) or not text.strip():
+        raise _Bad(f"record {doc_id!r} has no text; put it in the {text_key!r} field")
+    title = "" if title is None else " ".join(str(title).split())
+    metadata = {k: v for k, v in row.items() if k not in (id_key, text_key, "title", "metadata")}
+    extra = row.get("metadata")
+    metadata.update(
+        extra if isinstance(extra, dict) else {} if extra is None else {"metadata": extra}
+    )
+    kind, number = where
+    metadata.update({"type": file.ext[1:], "path": file.rel, "folder": file.folder, kind: number})
+    metadata["title"] = title
+    source = f"{file.path}:{number}" if kind == "line" else f"{file.path}#{number}"
+    return Document(id=doc_id, text=text, title=title, source=source, metadata=metadata)
+
+
+def _read_jsonl(file: _File) -> Iterator[Document | ReadFailure]:
+    """One JSON object per line, read line by line; a broken line is a failure of its own."""
+    empty = True
+    with file.path.open("rb") as handle:
+        _refuse_binary(handle.read(_SNIFF_BYTES))
+        handle.seek(0)
+        for number, raw in enumerate(handle, 1):
+            try:
+                if not (line := raw.decode("utf-8").removeprefix("\ufeff")).strip():
+                    continue
+                empty = False
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise _Bad(f"expected a JSON object, got {type(row).__name__}")
+                yield _record(file, row, ("line", number))
+            except UnicodeDecodeError as exc:
+                why = f"not valid UTF-8 at byte {exc.start} of the line; convert it to UTF-8"
+                yield ReadFailure(file.rel, number, why)
+            except json.JSONDecodeError as exc:
+                why = f"invalid JSON ({exc.msg} at column {exc.colno}); fix or remove the line"
+                yield ReadFailure(file.rel, number, why)
+            except _Bad as bad:
+                yield ReadFailure(file.rel, number, bad.args[0])
+    if empty:
+        raise _Bad("empty file")
+
+
+def _read_json(file: _File) -> Iterator[Document | ReadFailure]:
+    """A list of records, or an object holding one under documents / records / corpus."""
+    try:
+        data = json.loads(_decode(file.path.read_bytes()))
+    except json.JSONDecodeError as exc:
+        raise _Bad(f"invalid JSON ({exc.msg} at column {exc.colno})", exc.lineno) from None
+    if isinstance(data, dict):
+        data = next((data[k] for k in ("documents", "records", "corpus") if k in data), None)
+    if not isinstance(data, list):
+        keys = "'documents', 'records' or 'corpus'"
+        raise _Bad(f"expected a list of records, or an object with a {keys} list")
+    for number, row in enumerate(data, 1):
+        try:
+            if not isinstance(row, dict):
+                raise _Bad(f"expected a JSON object, got {type(row).__name__}")
+            yield _record(file, row, ("record", number))
+        except _Bad as bad:
+            yield ReadFailure(file.rel, None, f"record {number}: {bad.args[0]}")
+
+
+def _read_csv(file: _File) -> Iterator[Document | ReadFailure]:
+    """A header row, then one record per row (csv.DictReader)."""
+    settings = file.settings
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # long texts in one cell
+    reader = csv.DictReader(io.StringIO(_decode(file.path.read_bytes()), newline=""))
+    columns = reader.fieldnames or []
+    text_key = settings.csv_text_column
+    id_key = settings.csv_id_column or next((c for c in ("_id", "id") if c in columns), None)
+    for key, option in ((text_key, "csv_text_column"), (id_key, "csv_id_column")):
+        if key is not None and key not in columns:
+            raise _Bad(f"no {key!r} column (columns: {', '.join(columns)}); set {option}", 1)
+    line = reader.line_num + 1
+    try:
+        for number, row in enumerate(reader, 1):
+            try:
+                if None in row:
+                    raise _Bad(f"the row has more fields than the header's {len(columns)}")
+                fallback = f"{file.rel}:{number}" if id_key is None else None
+                yield _record(file, row, ("line", line), text_key, id_key, fallback)
+            except _Bad as bad:
+                yield ReadFailure(file.rel, line, bad.args[0])
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise _Bad(f"broken CSV ({exc}); fix the quoting", reader.line_num) from None
+
+
+_READERS: dict[str, Reader] = {
+    ".txt": _plain(_first_line),
+    ".md": _plain(_markdown_title),
+    ".markdown": _plain(_markdown_title),
+    ".rst": _plain(_rst_title),
+    ".html": _read_html,
+    ".htm": _read_html,
+    ".pdf": _read_pdf,
+    ".jsonl": _read_jsonl,
+    ".json": _read_json,
+    ".csv": _read_csv,
+}
+
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(_READERS)
+"""Extensions (lowercase, with the dot) that :func:`scan` reads."""

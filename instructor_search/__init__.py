@@ -1,12 +1,14 @@
 """instructor-search: local, instruction-aware semantic search on INSTRUCTOR embeddings.
 
-Importing this package is cheap: torch and transformers load only when a model does.
+Importing this package is cheap: the classes that need torch, FAISS or SQLite are imported
+on first use (``from instructor_search import Retriever`` loads the retriever then).
 """
 
 from __future__ import annotations
 
-from .documents import Chunk, Document
-from .embedder import Instructor
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     FilterError,
     IndexCorruptError,
@@ -19,24 +21,70 @@ from .errors import (
     ModelNotFoundError,
     ReaderError,
 )
-from .profiles import ModelProfile
 
 __version__ = "0.1.0"
 
+#: Public name -> the module that defines it, imported when the name is first used.
+_LAZY = {
+    "Chunk": "documents",
+    "Document": "documents",
+    "Instructor": "embedder",
+    "ModelProfile": "profiles",
+    "Index": "store",
+    "IndexStats": "store",
+    "CollectionSettings": "store",
+    "Retriever": "retriever",
+    "Hit": "retriever",
+    "Comparison": "retriever",
+    "InstructionPair": "instructions",
+    "instruction": "instructions",
+    "presets": "instructions",
+}
+
 __all__ = [
     "Chunk",
+    "CollectionSettings",
+    "Comparison",
     "Document",
     "FilterError",
+    "Hit",
+    "Index",
     "IndexCorruptError",
     "IndexMismatchError",
     "IndexNotFoundError",
+    "IndexStats",
     "IndexStoreError",
     "InputError",
+    "InstructionPair",
     "Instructor",
     "InstructorSearchError",
     "ModelError",
     "ModelNotFoundError",
     "ModelProfile",
     "ReaderError",
+    "Retriever",
     "__version__",
+    "instruction",
+    "presets",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from .documents import Chunk, Document
+    from .embedder import Instructor
+    from .instructions import InstructionPair, instruction, presets
+    from .profiles import ModelProfile
+    from .retriever import Comparison, Hit, Retriever
+    from .store import CollectionSettings, Index, IndexStats

@@ -502,6 +502,8 @@ def ui(index_path: Path, port: int, host: str) -> None:
     ]
     click.echo(f"Serving the search page for {index_path} at http://{host}:{port}  (Ctrl+C stops)")
     env = {**os.environ, "INSTRUCTOR_SEARCH_INDEX": str(index_path.resolve())}
+    if os.name == "posix":  # become Streamlit: stopping this process stops the server
+        os.execve(sys.executable, command, env)
     try:
         sys.exit(subprocess.call(command, env=env))
     except KeyboardInterrupt:

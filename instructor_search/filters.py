@@ -42,6 +42,8 @@ def where_sql(where: Mapping[str, Any], known: Mapping[str, str]) -> tuple[str, 
     ``{"type": "pdf"}`` equality, ``{"type": ["pdf", "md"]}`` IN, ``{"year": {">=": 2020}}``
     comparisons (``= != < <= > >=``; ``None`` means NULL), keys ANDed. Field names must be in
     ``known``; built-in fields are columns, others metadata keys read with ``json_extract``.
+    On a list-valued metadata field (kind ``json``, e.g. ``tags``) a value or a list of values
+    matches documents holding any of them.
     """
     if not isinstance(where, Mapping):
         raise FilterError(f"where must be a dict of field -> condition, got {where!r}")
@@ -61,6 +63,19 @@ def where_sql(where: Mapping[str, Any], known: Mapping[str, str]) -> tuple[str, 
             )
         else:
             expr, expr_params = "json_extract(d.metadata, ?)", [f'$."{field}"']
+        if known[field] == "json" and not isinstance(condition, Mapping):
+            members = (
+                condition if isinstance(condition, (list, tuple, set, frozenset)) else [condition]
+            )
+            values = [_filter_value(field, v) for v in members]
+            clauses.append(
+                f"EXISTS (SELECT 1 FROM json_each(d.metadata, ?) j WHERE j.value IN "
+                f"({', '.join('?' * len(values))}))"
+                if values
+                else "0"
+            )
+            params += [f'$."{field}"', *values] if values else []
+            continue
         if isinstance(condition, Mapping):
             if not condition:
                 raise FilterError(f"Empty condition for {field!r}")

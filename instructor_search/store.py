@@ -29,6 +29,7 @@ import sqlite_utils
 from . import vectors as vector_files
 from .documents import Chunk, Document
 from .errors import (
+    FilterError,
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
@@ -469,6 +470,38 @@ class Index:
                 )
             self._fields = (generation, kinds)
         return dict(self._fields[1])
+
+    @_locked
+    def field_values(self, field: str, limit: int = 100) -> list[tuple[Any, int]]:
+        """The most common values of a field with their document counts, most common first.
+
+        For a list-valued metadata field (``tags``) the values are the list members. Fields
+        with objects as values give ``[]``. An unknown field is a :class:`FilterError`.
+        """
+        kinds = self.fields()
+        if field not in kinds:
+            raise FilterError(f"Unknown field {field!r}; known fields: {', '.join(sorted(kinds))}")
+        if field in BUILTIN_FIELDS:
+            column = BUILTIN_FIELDS[field][0]
+            sql = (
+                f'SELECT "{column}" AS v, count(*) FROM documents WHERE v IS NOT NULL '
+                "GROUP BY v ORDER BY count(*) DESC, v LIMIT ?"
+            )
+            return [tuple(row) for row in self._db.execute(sql, [limit]).fetchall()]
+        path = f'$."{field}"'
+        if kinds[field] == "json":
+            sql = (
+                "SELECT j.value, count(DISTINCT d.id) FROM documents d, json_each(d.metadata, ?) j "
+                "WHERE json_type(d.metadata, ?) = 'array' AND j.type IN ('integer', 'real', 'text') "
+                "GROUP BY j.value ORDER BY count(DISTINCT d.id) DESC, j.value LIMIT ?"
+            )
+        else:
+            sql = (
+                "SELECT json_extract(metadata, ?) AS v, count(*) FROM documents "
+                "WHERE json_type(metadata, ?) IN ('integer', 'real', 'text', 'true', 'false') "
+                "GROUP BY v ORDER BY count(*) DESC, v LIMIT ?"
+            )
+        return [tuple(row) for row in self._db.execute(sql, [path, path, limit]).fetchall()]
 
     def _filter_sql(self, where: Mapping[str, Any]) -> tuple[str, list[Any]]:
         return where_sql(where, self.fields())

@@ -25,6 +25,7 @@ MIN_WINDOW = 8
 
 _SEARCH_BACK = 0.3  # look for a good boundary within the last 30% of a window
 _SEGMENT_CHARS = 16_384  # long texts are tokenized in segments of about this size, in parallel
+_PLAN_BATCH = 128  # windows planned, then verified in one parallel batch
 _SENTENCE_END = frozenset(".!?。！？")
 _NO_SPACE_SENTENCE_END = frozenset("。！？")  # scripts written without spaces
 _CLOSERS = frozenset("\"')]}»”’")
@@ -121,12 +122,12 @@ class Chunker:
         """
         if len(text) <= 2 * _SEGMENT_CHARS:
             return self._tokenizer.encode(text, add_special_tokens=False).offsets
-        starts = [0]
-        while starts[-1] + _SEGMENT_CHARS < len(text):
-            cut = _segment_cut(text, starts[-1] + _SEGMENT_CHARS)
-            if cut is None:
-                break
-            starts.append(cut)
+        starts, at = [0], _SEGMENT_CHARS
+        while at < len(text) - _SEGMENT_CHARS:
+            cut = _segment_cut(text, at)
+            if cut is not None:
+                starts.append(cut)
+            at = (cut or at) + _SEGMENT_CHARS
         ends = [*starts[1:], len(text)]
         pieces = [text[a:b] for a, b in zip(starts, ends, strict=True)]
         encodings = self._tokenizer.encode_batch(pieces, add_special_tokens=False)
@@ -146,54 +147,58 @@ class _Plan:
         self.text = text
         self.offsets = offsets
         self.n = len(offsets)
+        while self.n > 1 and not text[offsets[self.n - 1][0] : offsets[self.n - 1][1]].strip():
+            self.n -= 1  # trailing whitespace tokens belong to the last chunk
         self.prefix = prefix
         self.first_budget = chunker.window - prefix_tokens
 
     def run(self) -> list[Chunk]:
-        spans: list[tuple[int, int]] = []  # token windows [i, k)
-        counts: list[int] = []
+        spans: list[tuple[int, int]] = []  # token windows [i, k), verified
+        counts: list[int] = []  # their own token counts
         start_token = 0
         while True:
             pending = self._plan_from(start_token, spans[-1][1] if spans else 0)
             over_at = self._verify(pending, first=not spans, counts=counts)
-            if over_at is None:
-                spans.extend(pending)
-                break
-            spans.extend(pending[:over_at])
-            i, k = pending[over_at]
-            floor = spans[-1][1] if spans else 0
-            k, own, fits = self._shrink(i, k, floor, first=not spans)
-            if not fits and i < floor:  # it only fits past the previous end: drop the overlap
-                start_token = floor
-                continue
-            if not fits:
-                start, end = self._span(i, k)
-                logger.warning(
-                    "chunk at characters %d-%d is over the %d-token window and has no clean "
-                    "place to cut",
-                    start,
-                    end,
-                    self.chunker.window,
-                )
-            spans.append((i, k))
-            counts.append(own)
+            spans.extend(pending if over_at is None else pending[:over_at])
+            if over_at is not None:
+                i, k = pending[over_at]
+                floor = spans[-1][1] if spans else 0
+                k, own, fits = self._shrink(i, k, floor, first=not spans)
+                if not fits and i < floor:  # it only fits past the previous end: no overlap
+                    start_token = floor
+                    continue
+                if not fits:
+                    start, end = self._span(i, k)
+                    logger.warning(
+                        "chunk at characters %d-%d is over the %d-token window and has no "
+                        "clean place to cut",
+                        start,
+                        end,
+                        self.chunker.window,
+                    )
+                spans.append((i, k))
+                counts.append(own)
+            i, k = spans[-1]
             if k >= self.n:
                 break
             start_token = self._next_start(i, k)
-        chunks = []
+        kept: list[tuple[int, int, int]] = []  # (start, end, count)
         for (i, k), count in zip(spans, counts, strict=True):
             start, end = self._span(i, k)
-            if start < end:
-                chunks.append(Chunk(len(chunks), self.text[start:end], start, end, count))
-        return chunks
+            if start >= end or (kept and kept[-1][0] <= start and end <= kept[-1][1]):
+                continue  # nothing new (possible where a normalizer skews the offsets)
+            if kept and start <= kept[-1][0] and kept[-1][1] <= end:
+                kept.pop()
+            kept.append((start, end, count))
+        return [Chunk(n, self.text[s:e], s, e, c) for n, (s, e, c) in enumerate(kept)]
 
     # -- planning on the whole-text tokenization ----------------------------------------
 
     def _plan_from(self, i: int, floor: int) -> list[tuple[int, int]]:
-        """Token windows from token ``i`` to the end, each ending past the last (and ``floor``)."""
+        """Up to ``_PLAN_BATCH`` windows from token ``i``, each ending past the last (and floor)."""
         spans: list[tuple[int, int]] = []
         budget = self.chunker.window if floor else self.first_budget
-        while True:
+        while len(spans) < _PLAN_BATCH:
             j = i + budget
             if j >= self.n:
                 spans.append((i, self.n))
@@ -204,10 +209,16 @@ class _Plan:
                 return spans
             i = self._next_start(i, k)
             budget = self.chunker.window
+        return spans
 
     def _clean(self, k: int) -> bool:
-        """Whether a chunk may end before token ``k`` (no token straddles the cut)."""
+        """Whether the text may be cut before token ``k`` (no token straddles the cut)."""
         return self.offsets[k - 1][1] <= self.offsets[k][0]
+
+    def _can_end(self, k: int) -> bool:
+        """Whether a chunk may end before token ``k``: a clean cut after a token with content."""
+        start, end = self.offsets[k - 1]
+        return self._clean(k) and not self.text[start:end].isspace() and start < end
 
     def _break_before(self, i: int, j: int, floor: int) -> int:
         """The best place ``k`` in (floor, j] to end the window that starts at token ``i``.
@@ -217,7 +228,7 @@ class _Plan:
         lo = max(floor + 1, j - int(_SEARCH_BACK * (j - i)), min(i + self.chunker.overlap + 1, j))
         best, best_tier = -1, -1
         for k in range(j, lo - 1, -1):
-            if not self._clean(k):
+            if not self._can_end(k):
                 continue
             tier = self._tier(k)
             if tier > best_tier:
@@ -227,10 +238,10 @@ class _Plan:
         if best > 0:
             return best
         for k in range(lo - 1, floor, -1):  # no clean cut in the search range: take any
-            if self._clean(k):
+            if self._can_end(k):
                 return k
         for k in range(j + 1, self.n):  # none at all: the next one (verification will warn)
-            if self._clean(k):
+            if self._can_end(k):
                 return k
         return self.n
 
@@ -344,13 +355,13 @@ def _plain_tokenizer(tokenizer: Any) -> Tokenizer:
 
 
 def _segment_cut(text: str, at: int) -> int | None:
-    """The first position after a run of whitespace at or after ``at`` (within a segment)."""
+    """The first position after a run of whitespace (or before a CJK letter) from ``at`` on."""
     limit = at + _SEGMENT_CHARS // 2
     cut = text.find("\n", at, limit)
     if cut < 0:
         cut = text.find(" ", at, limit)
     if cut < 0:
-        return None
+        return next((n for n in range(at, min(limit, len(text))) if _is_cjk(text[n])), None)
     while cut < len(text) and text[cut].isspace():
         cut += 1
     return cut if cut < len(text) else None

@@ -130,7 +130,8 @@ def _walk(
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError as exc:
-        yield ReadFailure(rel or ".", None, f"cannot list the folder ({exc.strerror or exc})")
+        why = f"cannot list the folder ({exc.strerror or exc})"
+        yield ReadFailure(rel or ".", None, f"{why}; make it readable or exclude it")
         return
     for entry in entries:
         child, path = f"{rel}/{entry.name}" if rel else entry.name, folder / entry.name

@@ -9,10 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
-from instructor_search.indexer.chunking import Chunker, ChunkSettings
 
 from instructor_search.documents import Chunk
 from instructor_search.errors import InputError
+from instructor_search.indexer.chunking import Chunker, ChunkSettings
 
 TINY = Path(__file__).parent / "fixtures" / "instructor-tiny"
 

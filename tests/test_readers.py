@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from instructor_search.documents import Document
+from instructor_search.errors import ReaderError
 from instructor_search.indexer.readers import (
     SUPPORTED_EXTENSIONS,
     ReaderSettings,
@@ -15,9 +18,6 @@ from instructor_search.indexer.readers import (
     Skipped,
     scan,
 )
-
-from instructor_search.documents import Document
-from instructor_search.errors import ReaderError
 
 
 def make_pdf(pages: list[str], title: str | None = None) -> bytes:

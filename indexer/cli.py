@@ -310,7 +310,7 @@ def search(
         instructor-index search ./my-index "side effects of metformin" -k 5
         instructor-index search ./my-index "rent deposit" --where type=pdf --where folder=law
     """
-    from instructor_search.highlight import query_terms, snippet
+    from instructor_search.highlight import excerpt, query_terms
     from instructor_search.retriever import DEFAULT_MODE, Retriever
 
     where = parse_where(conditions) or None
@@ -337,7 +337,7 @@ def search(
             f"{click.style(f'{hit.rank:>2}.', bold=True)} {hit.score:.4f}  {click.style(hit.title or hit.doc_id, bold=True)}"
         )
         click.echo(f"    {click.style(hit.source, dim=True)}")
-        click.echo(f"    {_highlighted(snippet(hit.text, terms, width=300))}")
+        click.echo(f"    {_highlighted(excerpt(hit.text, terms, 300))}")
     click.echo(
         click.style(
             f"{len(hits)} hits in {1000 * (time.perf_counter() - started):.0f} ms (model load included)",
@@ -356,7 +356,7 @@ def _highlighted(piece: Any) -> str:
         last = end
     parts.append(piece.text[last:])
     return (
-        ("… " if piece.clipped_start else "") + "".join(parts) + (" …" if piece.clipped_end else "")
+        ("… " if piece.cut_start else "") + "".join(parts) + (" …" if piece.cut_end else "")
     )
 
 

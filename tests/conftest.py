@@ -11,6 +11,7 @@ import pytest
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "instructor-tiny"
 EXPECTED = FIXTURES / "instructor-tiny-expected.json"
+SAMPLE_DOCUMENTS = Path(__file__).resolve().parents[1] / "sample_corpus" / "documents"
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +47,13 @@ def bundled():
     from instructor_search import Instructor
 
     return Instructor(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sample_index(tmp_path_factory) -> Path:
+    """The whole sample corpus indexed with the bundled model, as the README's demo does."""
+    from instructor_search.indexer.build import build
+
+    index = tmp_path_factory.mktemp("sample") / "sample-index"
+    build([SAMPLE_DOCUMENTS], index)
+    return index

@@ -18,6 +18,7 @@ pytest.importorskip("streamlit")
 
 from streamlit.testing.v1 import AppTest
 
+from instructor_search.highlight import excerpt, query_terms
 from instructor_search.ui import render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,19 +274,21 @@ def test_index_path_comes_from_argv_then_environment() -> None:
 
 def test_highlight_escapes_before_marking() -> None:
     text = "Tom & Jerry <b>amp</b> amplifiers; inhalers"
-    out = render.highlight(text, render.query_terms("amp the inhaler"))
+    out = render.highlight(text, query_terms("amp the inhaler"))
     # a short term marks whole words only; a longer one also the words it begins
     assert out == (
         "Tom &amp; Jerry &lt;b&gt;<mark>amp</mark>&lt;/b&gt; amplifiers; <mark>inhalers</mark>"
     )
-    assert render.query_terms("What is the BEST inhaler?") == ["best", "inhaler"]
+    assert query_terms("What is the BEST inhaler?") == ["best", "inhaler"]
     assert render.highlight("a <i>", []) == "a &lt;i&gt;"
 
 
 def test_snippet_centres_on_the_matches() -> None:
     text = "filler words " * 60 + "the inhaler is a preventer inhaler " + "more filler " * 60
-    excerpt, cut_start, cut_end = render.snippet(text, ["inhaler", "preventer"], length=200)
-    assert "preventer" in excerpt and cut_start and cut_end and len(excerpt) <= 200
+    piece = excerpt(text, ["inhaler", "preventer"], length=200)
+    assert "preventer" in piece.text and piece.cut_start and piece.cut_end
+    assert len(piece.text) <= 200
+    assert all(piece.text[s:e].lower() in ("inhaler", "preventer") for s, e in piece.spans)
 
 
 def test_movement_badges() -> None:

@@ -45,11 +45,6 @@ def judged(query_id: str) -> tuple[str, str]:
     return queries[query_id], relevant[0]
 
 
-@pytest.fixture(scope="session")
-def sample_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return browser.build_index(tmp_path_factory.mktemp("browser") / "sample-index")
-
-
 def test_search_page_in_chromium(sample_index: Path, tmp_path: Path) -> None:
     from instructor_search.store import Index
 

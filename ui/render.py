@@ -9,27 +9,14 @@ no Streamlit import, so they are tested and reused without a running page.
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from instructor_search.highlight import excerpt, match_spans
 from instructor_search.retriever import Hit
 from instructor_search.store import IndexStats
 
-#: What FTS5's unicode61 tokenizer calls a token, so highlights agree with keyword search.
-_TOKEN = re.compile(r"[^\W_]+")
-#: Query words too common to be worth marking in the text.
-_STOPWORD_TEXT = (
-    "a about after all also am an and any are as at be been but by can could did do does doing "
-    "for from had has have how i if in into is it its just me more my no not of off on or our "
-    "out over should so some such than that the their them then there these they this those to "
-    "too under up us very was we were what when where which while who whom why will with would "
-    "you your"
-)
-STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-#: Terms at least this long also mark longer words they begin (inhaler -> inhalers).
-PREFIX_MATCH_LENGTH = 4
 #: Characters of the document shown on each side of the matching chunk.
 CONTEXT_CHARS = 1200
 #: Length of the excerpt of the matching chunk shown on a card (the whole chunk is one click away).
@@ -116,62 +103,19 @@ def escape(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def query_terms(query: str) -> list[str]:
-    """The query's words worth marking: lower-cased tokens minus stopwords, in order."""
-    words = (t.lower() for t in _TOKEN.findall(query or ""))
-    return list(dict.fromkeys(w for w in words if w not in STOPWORDS))
-
-
-def _pattern(terms: Sequence[str]) -> re.Pattern[str] | None:
-    if not terms:
-        return None
-    alternatives = []
-    for term in sorted(set(terms), key=len, reverse=True):
-        tail = r"[^\W_]*" if len(term) >= PREFIX_MATCH_LENGTH else r"(?![^\W_])"
-        alternatives.append(re.escape(term) + tail)
-    return re.compile(r"(?<![^\W_])(?:" + "|".join(alternatives) + ")", re.IGNORECASE)
-
-
 def highlight(text: str, terms: Sequence[str]) -> str:
     """``text`` escaped, with every word that matches a query term wrapped in ``<mark>``.
 
     Matches are found on the raw text and each piece is escaped on its own, so a term can never
     match inside an entity that escaping produced (``amp`` in ``&amp;``).
     """
-    pattern = _pattern(terms)
-    if pattern is None:
-        return escape(text)
     out, position = [], 0
-    for match in pattern.finditer(text):
-        out.append(escape(text[position : match.start()]))
-        out.append(f"<mark>{escape(match.group())}</mark>")
-        position = match.end()
+    for start, end in match_spans(text, terms):
+        out.append(escape(text[position:start]))
+        out.append(f"<mark>{escape(text[start:end])}</mark>")
+        position = end
     out.append(escape(text[position:]))
     return "".join(out)
-
-
-def snippet(text: str, terms: Sequence[str], length: int = SNIPPET_CHARS) -> tuple[str, bool, bool]:
-    """The ``length`` characters of ``text`` that hold the most query-term matches, cut at
-    words and with whitespace runs folded: ``(excerpt, cut at start, cut at end)``."""
-    text = " ".join(text.split())
-    if len(text) <= length:
-        return text, False, False
-    pattern = _pattern(terms)
-    starts = [m.start() for m in pattern.finditer(text)] if pattern else []
-    best, most = 0, 0
-    for i, first in enumerate(starts):  # windows that open (a little before) a match
-        count = sum(1 for later in starts[i:] if later < first + length - 60)
-        if count > most:
-            best, most = max(0, first - 60), count
-    best = min(best, len(text) - length)
-    if best > 0:
-        space = text.find(" ", best)
-        best = space + 1 if 0 <= space < best + 30 else best
-    end = min(len(text), best + length)
-    if end < len(text):
-        space = text.rfind(" ", best, end)
-        end = space if space > end - 30 else end
-    return text[best:end], best > 0, end < len(text)
 
 
 def format_score(score: float, mode: str) -> str:
@@ -192,8 +136,9 @@ def _chips(metadata: dict[str, Any]) -> str:
 
 
 def _excerpt(text: str, terms: Sequence[str]) -> str:
-    excerpt, cut_start, cut_end = snippet(text, terms)
-    return ("… " if cut_start else "") + highlight(excerpt, terms) + (" …" if cut_end else "")
+    piece = excerpt(text, terms, SNIPPET_CHARS)
+    marked = highlight(piece.text, terms)
+    return ("… " if piece.cut_start else "") + marked + (" …" if piece.cut_end else "")
 
 
 def result_card(hit: Hit, terms: Sequence[str], mode: str) -> str:

@@ -16,6 +16,7 @@ from instructor_search.errors import (
     InstructorSearchError,
     ModelError,
 )
+from instructor_search.highlight import query_terms
 from instructor_search.instructions import InstructionPair
 from instructor_search.retriever import Comparison, Retriever
 from instructor_search.ui import render
@@ -119,7 +120,7 @@ def search_view(
         f"{len(hits)} {unit} · {milliseconds:.0f} ms · {options['mode']} · "
         f"instruction {render.instruction_text(instruction)}"
     )
-    terms = render.query_terms(query)
+    terms = query_terms(query)
     for hit in hits:
         with st.container(border=True):
             st.html(render.result_card(hit, terms, options["mode"]))

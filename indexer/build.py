@@ -115,7 +115,9 @@ def build(
         found = _scan(roots, settings.reader, index.document_hashes(), report)
         report.documents_deleted = index.delete(_gone(index, found))
         if found.pending:
-            _embed_and_store(index, the_model(), collection, settings, found.pending, report, show_progress)
+            _embed_and_store(
+                index, the_model(), collection, settings, found.pending, report, show_progress
+            )
         index.sync_vectors()
         stats = index.stats()
         report.documents_total, report.chunks_total = stats.documents, stats.chunks
@@ -127,7 +129,9 @@ def build(
 
 def _checked_source(source: Path) -> Path:
     if not source.exists():
-        raise ReaderError(f"Source {source} does not exist; pass a folder, a file or a JSONL/CSV file")
+        raise ReaderError(
+            f"Source {source} does not exist; pass a folder, a file or a JSONL/CSV file"
+        )
     return source.resolve()
 
 
@@ -239,7 +243,9 @@ def _embed_and_store(
             vectors = model.embed(texts, instruction, batch_size=settings.batch_size)
             rows, offset = [], 0
             for doc, pieces in chunked:
-                rows.append((doc, [chunk for chunk, _ in pieces], vectors[offset : offset + len(pieces)]))
+                rows.append(
+                    (doc, [chunk for chunk, _ in pieces], vectors[offset : offset + len(pieces)])
+                )
                 offset += len(pieces)
             index.upsert(rows)
             report.chunks_embedded += len(texts)

@@ -8,11 +8,30 @@ import sys
 import instructor_search
 
 DOCUMENTED = {
-    "Chunk", "CollectionSettings", "Comparison", "Document", "FilterError", "Hit", "Index",
-    "IndexCorruptError", "IndexMismatchError", "IndexNotFoundError", "IndexStats",
-    "IndexStoreError", "InputError", "InstructionPair", "Instructor", "InstructorSearchError",
-    "ModelError", "ModelNotFoundError", "ModelProfile", "ReaderError", "Retriever",
-    "__version__", "instruction", "presets",
+    "Chunk",
+    "CollectionSettings",
+    "Comparison",
+    "Document",
+    "FilterError",
+    "Hit",
+    "Index",
+    "IndexCorruptError",
+    "IndexMismatchError",
+    "IndexNotFoundError",
+    "IndexStats",
+    "IndexStoreError",
+    "InputError",
+    "InstructionPair",
+    "Instructor",
+    "InstructorSearchError",
+    "ModelError",
+    "ModelNotFoundError",
+    "ModelProfile",
+    "ReaderError",
+    "Retriever",
+    "__version__",
+    "instruction",
+    "presets",
 }
 
 
@@ -35,9 +54,13 @@ def test_import_and_cli_help_do_not_load_torch_faiss_or_sqlite_utils():
         "heavy = {'torch', 'transformers', 'faiss', 'sqlite_utils'} & set(sys.modules)\n"
         "print(sorted(heavy))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"
     help_run = subprocess.run(
-        [sys.executable, "-m", "instructor_search.indexer.cli", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "instructor_search.indexer.cli", "--help"],
+        capture_output=True,
+        text=True,
     )
     assert help_run.returncode == 0 and "build" in help_run.stdout and "search" in help_run.stdout

@@ -155,6 +155,10 @@ def main() -> None:
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__}, "
         f"model {model.model_name}\n"
     )
+    print(
+        f"load average before the run: {os.getloadavg()[0]:.2f} (2 cores: above ~0.5 means "
+        "other processes share them, and every figure below is inflated)\n"
+    )
     print("| what | queries | p50 ms | p99 ms | mean ms |")
     print("| --- | --- | --- | --- | --- |")
     print(row("query embedding only", timed(lambda q: model.embed([q]), items)), flush=True)
@@ -171,6 +175,8 @@ def main() -> None:
         times = txtai_times(texts, items)
         if times is not None:
             print(row(f"txtai, {PASSAGES:,} passages, same model", times))
+
+    print(f"\nload average after the run: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from .checkpoints import BUNDLED_MODEL_ID
@@ -47,6 +49,8 @@ MIN_CANDIDATES = 100
 CANDIDATE_FACTOR = 4
 #: MMR reranks the best ``MMR_POOL_FACTOR * k`` candidates.
 MMR_POOL_FACTOR = 4
+#: Up to this many queries are searched on one FAISS thread (see ``_one_thread``).
+FEW_QUERIES = 4
 _RETRIES = 3  # a writer replacing chunks between the ANN search and the fetch: search again
 
 
@@ -300,7 +304,8 @@ class Retriever:
         (so that more candidates exist)."""
         dense: list[list[tuple[int, float]]] = []
         if vectors is not None:
-            scores, ids = self.index.search_vectors(vectors[rows], depth, where)
+            with _one_thread(len(rows) <= FEW_QUERIES):
+                scores, ids = self.index.search_vectors(vectors[rows], depth, where)
             dense = [
                 [(int(c), float(s)) for c, s in zip(row_ids, row_scores) if c >= 0]
                 for row_ids, row_scores in zip(ids, scores)
@@ -384,6 +389,23 @@ def mmr_order(relevance: np.ndarray, embeddings: np.ndarray, k: int, lam: float)
 def _hit(rank: int, score: float, r: ChunkRecord) -> Hit:
     span = (r.start, r.end)
     return Hit(rank, score, r.chunk_id, r.doc_id, r.title, r.source, r.text, r.metadata, span)
+
+
+@contextmanager
+def _one_thread(few: bool) -> Iterator[None]:
+    """FAISS on one OpenMP thread for a few queries: one query gains little from a thread team,
+    and on a busy machine the team waits for its descheduled member. ``bench/query.py`` on 2
+    shared cores, dense ``search`` p50 minus the query embedding's: 37.8 -> 2.6 ms at 10k chunks
+    (flat), 13.8 -> 1.6 ms at 100k (HNSW). The OpenMP runtime may be torch's too (setting
+    torch's thread count changes FAISS's), so the count is restored after."""
+    threads = faiss.omp_get_max_threads()
+    if few and threads > 1:
+        faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        if few and threads > 1:
+            faiss.omp_set_num_threads(threads)
 
 
 def _change(before: int, now: int) -> str:

@@ -1,24 +1,40 @@
 """Encoding throughput: instructor-search vs sentence-transformers, same model, same texts, one run.
 
-Rounds alternate between the two encoders; each round reports tokens/s of both and their
-ratio, and the summary gives the median ratio and the minimum cosine between the vectors.
+Three encoders, measured in alternating rounds (the order rotates each round): ours as a fresh
+install runs it (``backend="auto"``: ONNX Runtime when installed and the export passes the
+fidelity gate), ours with ``backend="torch"``, and sentence-transformers. Each round prints
+tokens/s and the ratio of ours to sentence-transformers; the summary gives the median ratio, the
+minimum cosine between our vectors and sentence-transformers', the fraction of the fp32
+ceiling (useful FLOPs of the real, unpadded tokens over the machine's measured fp32 peak), and
+the latency of embedding one short query (p50/p99).
 
     python bench/encode.py                       # bundled all-MiniLM-L6-v2, 512 SciFact passages
-    python bench/encode.py --texts 2000 --rounds 5 --model PATH
+    python bench/encode.py --texts 2000 --rounds 7 --model PATH --onnx-cache /tmp/onnx
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import platform
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "bench-data" / "scifact" / "corpus.jsonl"
+#: fp32 GFLOP/s of the 2-core benchmark machine, measured with a large matmul (issue 7).
+PEAK_GFLOPS = 149.0
+GOAL_RATIO, GOAL_COSINE, GOAL_QUERY_MS = 1.5, 0.99, 5.0
+QUERY = [
+    "Represent the question for retrieving supporting documents: ",
+    "do statins cause diabetes",
+]
 
 
 def load_texts(path: Path, count: int) -> list[str]:
@@ -32,68 +48,170 @@ def load_texts(path: Path, count: int) -> list[str]:
     return texts
 
 
+def flop_per_text(config, length: int) -> float:
+    """Forward FLOPs of one unpadded input: 2 x the layers' weights + the attention products."""
+    hidden = getattr(config, "d_model", None) or config.hidden_size
+    layers = getattr(config, "num_layers", None) or config.num_hidden_layers
+    inner = getattr(config, "d_ff", None) or config.intermediate_size
+    attention = getattr(config, "num_heads", None) or config.num_attention_heads
+    width = getattr(config, "d_kv", hidden // attention) * attention
+    gated = 2 if "gated" in str(getattr(config, "feed_forward_proj", "")) else 1
+    weights = 4 * hidden * width + (1 + gated) * hidden * inner  # Q, K, V, O + feed-forward
+    return layers * (2 * weights * length + 4 * width * length * length)
+
+
+def latency_ms(run: Callable[[], object], repeats: int) -> tuple[float, float]:
+    for _ in range(5):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default=None, help="model folder (default: the bundled one)")
     parser.add_argument("--texts", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--corpus", type=Path, default=SCIFACT)
+    parser.add_argument(
+        "--onnx-cache",
+        default=None,
+        help="ONNX export cache (default: a new temporary folder, as on a fresh install)",
+    )
+    parser.add_argument("--peak-gflops", type=float, default=PEAK_GFLOPS)
+    parser.add_argument("--query-repeats", type=int, default=300)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="  [log] %(message)s")
 
+    import onnxruntime
+    import sentence_transformers
     import torch
+    import transformers
     from sentence_transformers import SentenceTransformer
 
     from instructor_search import Instructor
     from instructor_search.checkpoints import bundled_model_folder
 
     folder = args.model or str(bundled_model_folder())
-    ours = Instructor(folder, device="cpu")
+    cache = args.onnx_cache or tempfile.mkdtemp(prefix="bench-onnx-")
+    started = time.perf_counter()
+    auto = Instructor(folder, device="cpu", onnx_cache=cache)  # the defaults of a fresh install
+    auto_load = time.perf_counter() - started
+    started = time.perf_counter()
+    Instructor(folder, device="cpu", onnx_cache=cache)
+    cached_load = time.perf_counter() - started
+    plain = Instructor(folder, device="cpu", backend="torch")
     peer = SentenceTransformer(folder, device="cpu")
-    peer.max_seq_length = ours.max_seq_length
+    peer.max_seq_length = auto.max_seq_length
     texts = load_texts(args.corpus, args.texts)
-    tokens = sum(
+    lengths = [
         len(ids)
-        for ids in ours.tokenizer(texts, truncation=True, max_length=ours.max_seq_length)[
+        for ids in auto.tokenizer(texts, truncation=True, max_length=auto.max_seq_length)[
             "input_ids"
         ]
+    ]
+    tokens = sum(lengths)
+    flop = sum(flop_per_text(auto.encoder.config, n) for n in lengths)
+    ceiling = args.peak_gflops * 1e9 * tokens / flop
+    print(
+        f"model {auto.model_name}  texts {len(texts)}  tokens {tokens}  "
+        f"max_seq_length {auto.max_seq_length}  batch_size {args.batch_size}  "
+        f"max_tokens_per_batch {auto.max_tokens_per_batch}"
     )
     print(
-        f"model {ours.model_name}  texts {len(texts)}  tokens {tokens}  max_seq_length {ours.max_seq_length}"
+        f"torch {torch.__version__}  onnxruntime {onnxruntime.__version__}  transformers "
+        f"{transformers.__version__}  sentence-transformers {sentence_transformers.__version__}"
     )
     print(
-        f"torch {torch.__version__}  threads {torch.get_num_threads()}  {platform.processor() or platform.machine()}"
+        f"cpu {platform.processor() or platform.machine()}  cores {len(os.sched_getaffinity(0))}  "
+        f"threads torch {torch.get_num_threads()}  load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"auto backend -> {auto.backend}  (first load {auto_load:.1f} s incl. export and gate; "
+        f"cached load {cached_load:.1f} s; cache {cache})"
+    )
+    print(
+        f"fp32 ceiling: {flop / tokens / 1e6:.2f} MFLOP/token x {args.peak_gflops:.0f} GFLOP/s "
+        f"-> {ceiling:,.0f} tokens/s"
     )
 
-    def run_ours() -> np.ndarray:
-        return ours.encode(texts, batch_size=args.batch_size, normalize_embeddings=True)
-
-    def run_peer() -> np.ndarray:
-        return peer.encode(
-            texts, batch_size=args.batch_size, normalize_embeddings=True, convert_to_numpy=True
-        )
-
-    run_ours(), run_peer()  # warm-up
-    ratios = []
-    for round_ in range(1, args.rounds + 1):
-        rates = {}
-        for name, run in (("ours", run_ours), ("sentence-transformers", run_peer)):
+    runs: dict[str, Callable[[], np.ndarray]] = {
+        f"ours-auto({auto.backend})": lambda: auto.encode(
+            texts, batch_size=args.batch_size, normalize_embeddings=True
+        ),
+        "ours-torch": lambda: plain.encode(
+            texts, batch_size=args.batch_size, normalize_embeddings=True
+        ),
+        "sentence-transformers": lambda: peer.encode(
+            texts,
+            batch_size=args.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        ),
+    }
+    names = list(runs)
+    vectors = {name: run() for name, run in runs.items()}  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names[:2]}
+    for round_ in range(args.rounds):
+        order = names[round_ % 3 :] + names[: round_ % 3]
+        for name in order:
             start = time.perf_counter()
-            vectors = run()
-            rates[name] = tokens / (time.perf_counter() - start)
-            if name == "ours":
-                our_vectors = vectors
-            else:
-                peer_vectors = vectors
-        ratios.append(rates["ours"] / rates["sentence-transformers"])
+            vectors[name] = runs[name]()
+            rates[name].append(tokens / (time.perf_counter() - start))
+        for name in ratios:
+            ratios[name].append(rates[name][-1] / rates["sentence-transformers"][-1])
         print(
-            f"round {round_}: ours {rates['ours']:8.0f} tok/s   sentence-transformers "
-            f"{rates['sentence-transformers']:8.0f} tok/s   ratio {ratios[-1]:.2f}x"
+            f"round {round_ + 1} ({' > '.join(order)}): "
+            + "   ".join(f"{name} {rates[name][-1]:6.0f} tok/s" for name in names)
+            + "   ratios "
+            + "  ".join(f"{ratios[name][-1]:.2f}x" for name in ratios)
         )
-    cosine = float(np.min(np.sum(our_vectors * peer_vectors, axis=1)))
-    print(f"median ratio {statistics.median(ratios):.2f}x   min cosine {cosine:.6f}")
+
+    peer_vectors = vectors["sentence-transformers"]
+    print("summary (median over rounds; spread = min..max of the per-round ratio):")
+    for name in names:
+        rate = statistics.median(rates[name])
+        line = f"  {name:24s} {rate:7.0f} tok/s  {rate / ceiling:5.1%} of the fp32 ceiling"
+        if name in ratios:
+            cosine = float(np.min(np.sum(vectors[name] * peer_vectors, axis=1)))
+            line += (
+                f"   ratio {statistics.median(ratios[name]):.2f}x "
+                f"({min(ratios[name]):.2f}..{max(ratios[name]):.2f})   min cosine {cosine:.6f}"
+            )
+        print(line)
+
+    print(f"single short query ({len(auto.tokenizer(QUERY[1])['input_ids'])} tokens), ms:")
+    latencies = {
+        f"ours-auto({auto.backend})": lambda: auto.encode([QUERY], normalize_embeddings=True),
+        "ours-torch": lambda: plain.encode([QUERY], normalize_embeddings=True),
+        "sentence-transformers": lambda: peer.encode(
+            [QUERY[1]], normalize_embeddings=True, show_progress_bar=False
+        ),
+    }
+    query_p50 = {}
+    for name, run in latencies.items():
+        p50, p99 = latency_ms(run, args.query_repeats)
+        query_p50[name] = p50
+        print(f"  {name:24s} p50 {p50:6.2f}   p99 {p99:6.2f}")
+
+    default = names[0]
+    ratio = statistics.median(ratios[default])
+    cosine = float(np.min(np.sum(vectors[default] * peer_vectors, axis=1)))
+    met = ratio >= GOAL_RATIO and cosine >= GOAL_COSINE and query_p50[default] <= GOAL_QUERY_MS
+    print(
+        f"goal (default path >= {GOAL_RATIO}x at min cosine >= {GOAL_COSINE}, query p50 <= "
+        f"{GOAL_QUERY_MS:.0f} ms): {'met' if met else 'NOT met'} "
+        f"({ratio:.2f}x, {cosine:.6f}, {query_p50[default]:.2f} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ class BuildSettings:
     #: Documents per committed transaction (what a crash can cost at most).
     commit_documents: int = 64
     rebuild: bool = False
+    #: Encoder backend: "auto" (ONNX Runtime if it passes its fidelity gate), "torch", "onnx".
+    backend: str = "auto"
 
 
 @dataclass
@@ -105,7 +107,7 @@ def build(
 
     def the_model() -> Instructor:  # loaded at most once, and only when needed
         if not loaded:
-            loaded.append(Instructor(checkpoint))
+            loaded.append(Instructor(checkpoint, backend=settings.backend))
         return loaded[0]
 
     collection = _collection_settings(checkpoint, settings, model)

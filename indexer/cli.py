@@ -44,6 +44,19 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+def _backend_option(function: Any) -> Any:
+    """``--backend`` for the commands that embed: the same choices as ``Instructor(backend=)``."""
+    return click.option(
+        "--backend",
+        type=click.Choice(["auto", "torch", "onnx"]),
+        default="auto",
+        show_default=True,
+        help="Encoder backend: auto = ONNX Runtime when installed and it passes its fidelity "
+        "check against torch (exported once per model, cached under "
+        "$INSTRUCTOR_SEARCH_CACHE or ~/.cache/instructor-search), else torch.",
+    )(function)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="instructor-index")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (to stderr).")
@@ -115,6 +128,7 @@ def cli(verbose: bool) -> None:
 @click.option(
     "-q", "--quiet", is_flag=True, help="No progress bar, no summary (errors still print)."
 )
+@_backend_option
 @_errors_as_messages
 def build(
     sources: tuple[Path, ...],
@@ -132,6 +146,7 @@ def build(
     rebuild: bool,
     as_json: bool,
     quiet: bool,
+    backend: str,
 ) -> None:
     """Index SOURCES (folders, files, JSONL/CSV record files) into an index folder.
 
@@ -158,6 +173,7 @@ def build(
         batch_size=batch_size,
         commit_documents=commit_every,
         rebuild=rebuild,
+        backend=backend,
     )
     report = run_build(sources, index_path, settings, show_progress=not quiet)
     for failure in report.failures:
@@ -291,6 +307,7 @@ def parse_where(conditions: tuple[str, ...]) -> dict[str, Any]:
 )
 @click.option("--documents", is_flag=True, help="One hit per document (its best chunk).")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+@_backend_option
 @_errors_as_messages
 def search(
     index_path: Path,
@@ -302,6 +319,7 @@ def search(
     mmr: float | None,
     documents: bool,
     as_json: bool,
+    backend: str,
 ) -> None:
     """Search an index: ranked chunks with their documents.
 
@@ -315,7 +333,7 @@ def search(
 
     where = parse_where(conditions) or None
     started = time.perf_counter()
-    retriever = Retriever(index_path)
+    retriever = Retriever(index_path, backend=backend)
     hits = retriever.search(
         query,
         k=k,
@@ -355,9 +373,7 @@ def _highlighted(piece: Any) -> str:
         ]
         last = end
     parts.append(piece.text[last:])
-    return (
-        ("… " if piece.cut_start else "") + "".join(parts) + (" …" if piece.cut_end else "")
-    )
+    return ("… " if piece.cut_start else "") + "".join(parts) + (" …" if piece.cut_end else "")
 
 
 @cli.command(name="eval")
@@ -388,6 +404,7 @@ def _highlighted(piece: Any) -> str:
     help="Document instruction when building (default: the model profile's).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+@_backend_option
 @_errors_as_messages
 def evaluate(
     data_dir: Path,
@@ -398,6 +415,7 @@ def evaluate(
     query_instruction: str | None,
     document_instruction: str | None,
     as_json: bool,
+    backend: str,
 ) -> None:
     """Score retrieval on a BEIR-layout folder: nDCG@10, Recall@10/100, MRR@10.
 
@@ -418,7 +436,9 @@ def evaluate(
     corpus = data_dir / "corpus.jsonl"
     if corpus.is_file():
         index_path = index_path or data_dir / "instructor-search-index"
-        settings = BuildSettings(model=model, document_instruction=document_instruction)
+        settings = BuildSettings(
+            model=model, document_instruction=document_instruction, backend=backend
+        )
         report = run_build([corpus], index_path, settings, show_progress=not as_json)
         click.echo(
             f"index {index_path}: {report.documents_total} documents ({report.chunks_embedded} chunks embedded now)",
@@ -432,7 +452,7 @@ def evaluate(
     qrels = load_qrels(data_dir / "qrels" / f"{split}.tsv")
     from instructor_search.evaluate import evaluate as run_evaluate
 
-    retriever = Retriever(index_path)
+    retriever = Retriever(index_path, backend=backend)
     scores = run_evaluate(
         retriever,
         queries,

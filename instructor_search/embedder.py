@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import profiles
+from . import onnx_backend, profiles
 from .checkpoints import Checkpoint, ModuleSpec, resolve
 from .errors import InputError, ModelError
 
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 _OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 _POOLING_MODES = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens")
 _PROGRESS_MIN_INPUTS = 1000
+#: Default cap on padded tokens per batch (rows x longest row), measured in bench/encode.py.
+MAX_TOKENS_PER_BATCH = 8192
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,27 @@ class _Prepared:
 
 
 def physical_cores() -> int:
-    """CPU cores this process may use (one thread per core is fastest for inference)."""
+    """Physical CPU cores this process may use (one thread per core is fastest for inference).
+
+    The CPUs of ``os.sched_getaffinity`` counted once per core (hyper-threads share one), as
+    Linux's sysfs topology tells; elsewhere the logical CPU count.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = os.sched_getaffinity(0)
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with (
+                open(f"{topology}/physical_package_id") as package,
+                open(f"{topology}/core_id") as core,
+            ):
+                cores.add((package.read().strip(), core.read().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
 
 
 class Instructor:
@@ -56,6 +74,12 @@ class Instructor:
     folder in the sentence-transformers layout, or ``None`` for the bundled offline default
     (all-MiniLM-L6-v2). ``profile`` (a :class:`~instructor_search.profiles.ModelProfile` or a
     family name) and ``instruction_mode`` override how instructions are used.
+
+    ``backend``: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU) or ``"auto"`` (ONNX when
+    onnxruntime is installed and the export passes the fidelity gate, else torch, with one
+    logged line). Exports are cached per model under ``onnx_cache``
+    (see :mod:`instructor_search.onnx_backend`). Batches hold at most ``batch_size`` inputs
+    and ``max_tokens_per_batch`` padded tokens.
     """
 
     def __init__(
@@ -67,6 +91,9 @@ class Instructor:
         instruction_mode: str | None = None,
         cache_folder: str | None = None,
         num_threads: int | None = None,
+        backend: str = "auto",
+        onnx_cache: str | os.PathLike[str] | None = None,
+        max_tokens_per_batch: int = MAX_TOKENS_PER_BATCH,
     ) -> None:
         import torch
 
@@ -85,7 +112,18 @@ class Instructor:
         for module in self.checkpoint.modules[1:]:
             self._add_module(module)
         self.max_seq_length = _initial_max_seq_length(self.checkpoint, self.profile, self.encoder)
+        self.max_tokens_per_batch = max_tokens_per_batch
         self._instruction_lengths: dict[tuple[str, int], int] = {}
+        self._onnx: onnx_backend.OnnxEncoder | None = None
+        self._onnx = onnx_backend.select(
+            backend,
+            self.encoder,
+            fingerprint=self.fingerprint,
+            device=self.device,
+            cache=onnx_cache,
+            num_threads=num_threads or physical_cores(),
+            embed=self._embed_calibration,
+        )
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -115,6 +153,11 @@ class Instructor:
         return _hidden_size(self.encoder) * len(self._pooling_modes)
 
     @property
+    def backend(self) -> str:
+        """The backend that runs the encoder: ``"onnx"`` or ``"torch"``."""
+        return "onnx" if self._onnx is not None and self.device == "cpu" else "torch"
+
+    @property
     def uses_instructions(self) -> bool:
         """False when the profile drops instructions."""
         return self.profile.instruction_mode != profiles.DROP
@@ -123,7 +166,7 @@ class Instructor:
         return (
             f"Instructor(model={self.model_name!r}, profile={self.profile.family!r}, "
             f"instruction_mode={self.profile.instruction_mode!r}, dim={self.dimension}, "
-            f"max_seq_length={self.max_seq_length}, device={self.device!r})"
+            f"max_seq_length={self.max_seq_length}, device={self.device!r}, backend={self.backend!r})"
         )
 
     # -- encode -------------------------------------------------------------------------------
@@ -167,10 +210,12 @@ class Instructor:
             add_special_tokens=True,
         )["input_ids"]
         excluded = [self._instruction_length(p.instruction) for p in prepared]
-        # Longest first, as the reference does (by text length), then by token length so that
-        # each batch pads as little as possible.
+        # Longest first (by token length, so that each batch pads as little as possible), cut
+        # by count and by padded tokens: batch composition changes results only by float noise.
         order = sorted(range(len(prepared)), key=lambda i: -len(input_ids[i]))
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = _token_budget_batches(
+            order, [len(ids) for ids in input_ids], batch_size, self.max_tokens_per_batch
+        )
         results: list[Any] = [None] * len(prepared)
         with torch.inference_mode():
             for batch in self._progress(batches, show_progress_bar, len(prepared)):
@@ -256,7 +301,10 @@ class Instructor:
             attention[row, : len(tokens)] = 1
         input_tensor = torch.from_numpy(input_ids).to(self.device)
         attention_tensor = torch.from_numpy(attention).to(self.device)
-        hidden = self.encoder(input_ids=input_tensor, attention_mask=attention_tensor)[0]
+        if self.backend == "onnx":
+            hidden = self._onnx(input_tensor, attention_tensor)
+        else:
+            hidden = self.encoder(input_ids=input_tensor, attention_mask=attention_tensor)[0]
         pooling_mask = attention_tensor.clone()
         for row, count in enumerate(excluded):
             if count:
@@ -324,6 +372,16 @@ class Instructor:
                 dense.to(device)
             self.device = device
 
+    def _embed_calibration(self, runner: onnx_backend.OnnxEncoder | None) -> np.ndarray:
+        """The fidelity gate's calibration pairs embedded with ``runner`` (None: torch)."""
+        saved, self._onnx = self._onnx, runner
+        try:
+            return self.encode(
+                onnx_backend.calibration_pairs(), show_progress_bar=False, normalize_embeddings=True
+            )
+        finally:
+            self._onnx = saved
+
     # -- retrieval helpers ----------------------------------------------------------------------
 
     def embed(
@@ -356,6 +414,22 @@ class Instructor:
                 len(self.tokenizer(instruction.strip(), add_special_tokens=False)["input_ids"]) + 1
             )
         return self.max_seq_length - special - reserved
+
+
+def _token_budget_batches(
+    order: list[int], lengths: list[int], batch_size: int, max_tokens: int
+) -> list[list[int]]:
+    """Cut ``order`` (longest first) into batches of at most ``batch_size`` inputs and
+    ``max_tokens`` padded tokens (rows x the first, longest row); never an empty batch."""
+    batches: list[list[int]] = []
+    for index in order:
+        if batches:
+            batch = batches[-1]
+            if len(batch) < batch_size and (len(batch) + 1) * lengths[batch[0]] <= max_tokens:
+                batch.append(index)
+                continue
+        batches.append([index])
+    return batches
 
 
 def _load_transformer(folder: Any, device: str) -> tuple[Any, Any]:

@@ -120,16 +120,21 @@ class Retriever:
     ``index`` is an :class:`Index` or the path of an index folder (then opened read-only).
     ``model`` is an :class:`Instructor`, a model name, or ``None`` for the model recorded in
     the index; its fingerprint must match the index's (:class:`IndexMismatchError` otherwise).
+    ``backend`` ("auto", "torch", "onnx") is the encoder backend of a model loaded here.
     A Retriever is cheap to call repeatedly: it keeps the index, the model and the loaded
     vectors; it picks up a new generation written by another process on its next search.
     """
 
     def __init__(
-        self, index: Index | str | os.PathLike[str], model: Instructor | str | None = None
+        self,
+        index: Index | str | os.PathLike[str],
+        model: Instructor | str | None = None,
+        *,
+        backend: str = "auto",
     ):
         self.index = index if isinstance(index, Index) else Index.open(Path(index), readonly=True)
         self._owns_index = not isinstance(index, Index)
-        self.model = _model_for(self.index, model)
+        self.model = _model_for(self.index, model, backend)
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -424,17 +429,17 @@ def _check_options(k: Any, mode: Any, mmr: Any) -> None:
 
 
 @lru_cache(maxsize=4)
-def _load_model(name: str | None) -> Instructor:
-    return Instructor(name)
+def _load_model(name: str | None, backend: str = "auto") -> Instructor:
+    return Instructor(name, backend=backend)
 
 
-def _model_for(index: Index, model: Instructor | str | None) -> Instructor:
+def _model_for(index: Index, model: Instructor | str | None, backend: str = "auto") -> Instructor:
     """The model to search ``index`` with, checked against the fingerprint it was built with."""
     settings = index.settings
     if model is None or isinstance(model, str):
         name = model if model is not None else settings.model
         try:
-            model = _load_model(None if name == BUNDLED_MODEL_ID else name)
+            model = _load_model(None if name == BUNDLED_MODEL_ID else name, backend)
         except ModelError as exc:
             raise type(exc)(
                 f"The index at {index.path} was built with model {settings.model!r}, which "

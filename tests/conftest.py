@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# ONNX exports made by the tests (the default backend is "auto") go to a throwaway folder, never
+# to the user's ~/.cache; subprocesses that tests start inherit it and reuse the exports.
+if "INSTRUCTOR_SEARCH_CACHE" not in os.environ:
+    os.environ["INSTRUCTOR_SEARCH_CACHE"] = tempfile.mkdtemp(prefix="instructor-search-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["INSTRUCTOR_SEARCH_CACHE"], ignore_errors=True)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "instructor-tiny"

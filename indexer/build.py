@@ -98,10 +98,51 @@ def build(
     unchanged ones cost a hash comparison. Returns what was done.
     """
     settings = settings or BuildSettings()
+    roots = [_checked_source(Path(source)) for source in sources]
+
+    def collect(index: Index, report: BuildReport) -> tuple[list[tuple[Document, bool]], list[str]]:
+        found = _scan(roots, settings.reader, index.document_hashes(), report)
+        return found.pending, _gone(index, found)
+
+    return _run(Path(index_path), settings, model, show_progress, collect)
+
+
+def add_documents(
+    documents: Iterable[Document],
+    index_path: str | os.PathLike[str],
+    settings: BuildSettings | None = None,
+    *,
+    model: Instructor | None = None,
+    show_progress: bool = False,
+) -> BuildReport:
+    """Embed and store :class:`Document` objects made in Python (no files needed).
+
+    A document whose id is already stored with the same content is skipped, one with other
+    content is replaced; nothing else in the index is touched (use :func:`delete_documents`).
+    """
+
+    def collect(index: Index, report: BuildReport) -> tuple[list[tuple[Document, bool]], list[str]]:
+        stored, pending = index.document_hashes(), {}
+        for doc in documents:  # the last of several documents with one id wins
+            pending[doc.id] = doc
+        return _changed(pending.values(), stored, report), []
+
+    return _run(Path(index_path), settings or BuildSettings(), model, show_progress, collect)
+
+
+Collector = Callable[[Index, BuildReport], tuple[list[tuple[Document, bool]], list[str]]]
+
+
+def _run(
+    index_path: Path,
+    settings: BuildSettings,
+    model: Instructor | None,
+    show_progress: bool,
+    collect: Collector,
+) -> BuildReport:
+    """Open (or create) the index, then delete and embed what ``collect`` says."""
     validate(settings)
     started = time.perf_counter()
-    roots = [_checked_source(Path(source)) for source in sources]
-    index_path = Path(index_path)
     checkpoint = model.checkpoint if model else resolve(settings.model)
     loaded: list[Instructor] = [model] if model else []
 
@@ -114,11 +155,11 @@ def build(
     index = _open_index(index_path, collection, settings.rebuild, lambda: the_model().dimension)
     report = BuildReport()
     try:
-        found = _scan(roots, settings.reader, index.document_hashes(), report)
-        report.documents_deleted = index.delete(_gone(index, found))
-        if found.pending:
+        pending, gone = collect(index, report)
+        report.documents_deleted = index.delete(gone)
+        if pending:
             _embed_and_store(
-                index, the_model(), collection, settings, found.pending, report, show_progress
+                index, the_model(), collection, settings, pending, report, show_progress
             )
         index.sync_vectors()
         stats = index.stats()
@@ -127,6 +168,20 @@ def build(
         index.close()
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _changed(
+    documents: Iterable[Document], stored: dict[str, str], report: BuildReport
+) -> list[tuple[Document, bool]]:
+    """The documents whose content differs from the stored one: ``(document, is_update)``."""
+    pending = []
+    for doc in documents:
+        held = stored.get(doc.id)
+        if held == doc.content_hash:
+            report.documents_unchanged += 1
+        else:
+            pending.append((doc, held is not None))
+    return pending
 
 
 def _checked_source(source: Path) -> Path:
@@ -197,11 +252,7 @@ def _scan(
                 report.documents_failed += 1
             else:
                 found.seen.add(item.id)
-                held = stored.get(item.id)
-                if held == item.content_hash:
-                    report.documents_unchanged += 1
-                else:
-                    found.pending.append((item, held is not None))
+                found.pending += _changed([item], stored, report)
     return found
 
 

@@ -240,3 +240,23 @@ def test_parse_where_builds_lists_and_ranges():
 
     where = parse_where(("type=pdf", "type=md", "year>=2020", "year<2024", "folder=law"))
     assert where == {"type": ["pdf", "md"], "year": {">=": 2020, "<": 2024}, "folder": "law"}
+
+
+def test_add_documents_from_python(tmp_path, settings, tiny):
+    from instructor_search import Document
+    from instructor_search.indexer.build import add_documents
+
+    index = tmp_path / "index"
+    docs = [
+        Document(id="a", text="Comets have icy nuclei.", title="Comets", metadata={"year": 2024}),
+        Document(id="b", text="Index funds track a market index."),
+    ]
+    first = add_documents(docs, index, settings, model=tiny)
+    assert (first.documents_added, first.documents_total) == (2, 2)
+    again = add_documents(
+        [docs[0], Document(id="b", text="Changed text.")], index, settings, model=tiny
+    )
+    assert (again.documents_unchanged, again.documents_updated, again.chunks_embedded) == (1, 1, 1)
+    with Index.open(index, readonly=True) as opened:
+        assert opened.document("b").text == "Changed text."
+        assert opened.document("a").metadata["year"] == 2024

@@ -27,7 +27,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/instructor-index build sample_corpus/documents --index $(INDEX)
-	$(VENV)/bin/instructor-index search $(INDEX) "$(QUERY)" -k 5
+	$(VENV)/bin/instructor-index search $(INDEX) "$(QUERY)" -k 5 --documents
 	$(VENV)/bin/instructor-index ui $(INDEX)
 
 $(VENV)/.test-installed: $(VENV)/.installed

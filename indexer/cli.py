@@ -427,6 +427,7 @@ def evaluate(
         instructor-index eval ./scifact --index ./scifact-index --mode hybrid
         instructor-index eval sample_corpus/eval --index sample-index
     """
+    from instructor_search.evaluate import evaluate as run_evaluate
     from instructor_search.evaluate import load_qrels, load_queries
     from instructor_search.retriever import DEFAULT_MODE, Retriever
 
@@ -450,7 +451,6 @@ def evaluate(
         )
     queries = load_queries(data_dir / "queries.jsonl")
     qrels = load_qrels(data_dir / "qrels" / f"{split}.tsv")
-    from instructor_search.evaluate import evaluate as run_evaluate
 
     retriever = Retriever(index_path, backend=backend)
     scores = run_evaluate(

@@ -46,6 +46,8 @@ class BuildSettings:
     rebuild: bool = False
     #: Encoder backend: "auto" (ONNX Runtime if it passes its fidelity gate), "torch", "onnx".
     backend: str = "auto"
+    #: "auto" (bf16 on CPUs that have it, once it passes its fidelity gate), "fp32", "bf16".
+    precision: str = "auto"
 
 
 @dataclass
@@ -148,7 +150,7 @@ def _run(
 
     def the_model() -> Instructor:  # loaded at most once, and only when needed
         if not loaded:
-            loaded.append(Instructor(checkpoint, backend=settings.backend))
+            loaded.append(Instructor(checkpoint, backend=settings.backend, precision=settings.precision))
         return loaded[0]
 
     collection = _collection_settings(checkpoint, settings, model)

@@ -57,6 +57,19 @@ def _backend_option(function: Any) -> Any:
     )(function)
 
 
+def _precision_option(function: Any) -> Any:
+    """``--precision`` for the commands that embed a corpus: as ``Instructor(precision=)``."""
+    return click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16"]),
+        default="auto",
+        show_default=True,
+        help="auto = large batches in bf16 on CPUs that compute it natively, once it passes its "
+        "fidelity check against fp32 (about 1.7x faster); fp32 = exactly the reference's "
+        "arithmetic.",
+    )(function)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="instructor-index")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (to stderr).")
@@ -129,6 +142,7 @@ def cli(verbose: bool) -> None:
     "-q", "--quiet", is_flag=True, help="No progress bar, no summary (errors still print)."
 )
 @_backend_option
+@_precision_option
 @_errors_as_messages
 def build(
     sources: tuple[Path, ...],
@@ -147,6 +161,7 @@ def build(
     as_json: bool,
     quiet: bool,
     backend: str,
+    precision: str,
 ) -> None:
     """Index SOURCES (folders, files, JSONL/CSV record files) into an index folder.
 
@@ -174,6 +189,7 @@ def build(
         commit_documents=commit_every,
         rebuild=rebuild,
         backend=backend,
+        precision=precision,
     )
     report = run_build(sources, index_path, settings, show_progress=not quiet)
     for failure in report.failures:
@@ -405,6 +421,7 @@ def _highlighted(piece: Any) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @_backend_option
+@_precision_option
 @_errors_as_messages
 def evaluate(
     data_dir: Path,
@@ -416,6 +433,7 @@ def evaluate(
     document_instruction: str | None,
     as_json: bool,
     backend: str,
+    precision: str,
 ) -> None:
     """Score retrieval on a BEIR-layout folder: nDCG@10, Recall@10/100, MRR@10.
 
@@ -438,7 +456,10 @@ def evaluate(
     if corpus.is_file():
         index_path = index_path or data_dir / "instructor-search-index"
         settings = BuildSettings(
-            model=model, document_instruction=document_instruction, backend=backend
+            model=model,
+            document_instruction=document_instruction,
+            backend=backend,
+            precision=precision,
         )
         report = run_build([corpus], index_path, settings, show_progress=not as_json)
         click.echo(

@@ -8,6 +8,7 @@ directly. ``torch`` and ``transformers`` are imported when a model is loaded, no
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -18,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import onnx_backend, profiles
+from . import fidelity, onnx_backend, profiles
 from .checkpoints import Checkpoint, ModuleSpec, resolve
 from .errors import InputError, ModelError
+from .precision import BF16_MIN_BATCH_TOKENS, use_bf16
 
 if TYPE_CHECKING:
     import torch
@@ -78,8 +80,11 @@ class Instructor:
     ``backend``: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU) or ``"auto"`` (ONNX when
     onnxruntime is installed and the export passes the fidelity gate, else torch, with one
     logged line). Exports are cached per model under ``onnx_cache``
-    (see :mod:`instructor_search.onnx_backend`). Batches hold at most ``batch_size`` inputs
-    and ``max_tokens_per_batch`` padded tokens.
+    (see :mod:`instructor_search.onnx_backend`). ``precision``: ``"auto"`` runs large batches
+    on the torch encoder in bf16 where the CPU computes bf16 natively and the fidelity gate
+    passes (see :mod:`instructor_search.precision`), ``"fp32"`` never does (bit-for-bit the
+    reference's arithmetic), ``"bf16"`` asks for it on any CPU. Batches hold at most
+    ``batch_size`` inputs and ``max_tokens_per_batch`` padded tokens.
     """
 
     def __init__(
@@ -94,6 +99,7 @@ class Instructor:
         backend: str = "auto",
         onnx_cache: str | os.PathLike[str] | None = None,
         max_tokens_per_batch: int = MAX_TOKENS_PER_BATCH,
+        precision: str = "auto",
     ) -> None:
         import torch
 
@@ -115,6 +121,10 @@ class Instructor:
         self.max_tokens_per_batch = max_tokens_per_batch
         self._instruction_lengths: dict[tuple[str, int], int] = {}
         self._onnx: onnx_backend.OnnxEncoder | None = None
+        self._bf16 = False
+        if backend == "onnx" and precision == "bf16":
+            raise InputError("precision='bf16' runs on the torch encoder: use backend='auto'")
+        reference = functools.cache(lambda: self._embed_calibration(None, bf16=False))
         self._onnx = onnx_backend.select(
             backend,
             self.encoder,
@@ -122,7 +132,16 @@ class Instructor:
             device=self.device,
             cache=onnx_cache,
             num_threads=num_threads or physical_cores(),
-            embed=self._embed_calibration,
+            reference=reference,
+            embed=lambda runner: self._embed_calibration(runner, bf16=False),
+        )
+        self._bf16 = backend != "onnx" and use_bf16(
+            precision,
+            device=self.device,
+            folder=onnx_backend.export_folder(self.fingerprint, onnx_cache),
+            fingerprint=self.fingerprint,
+            reference=reference,
+            candidate=lambda: self._embed_calibration(None, bf16=True),
         )
 
     # -- loading ------------------------------------------------------------------------------
@@ -158,6 +177,11 @@ class Instructor:
         return "onnx" if self._onnx is not None and self.device == "cpu" else "torch"
 
     @property
+    def precision(self) -> str:
+        """``"bf16"`` when large batches run in bf16 (see :mod:`.precision`), else ``"fp32"``."""
+        return "bf16" if self._bf16 and self.device == "cpu" else "fp32"
+
+    @property
     def uses_instructions(self) -> bool:
         """False when the profile drops instructions."""
         return self.profile.instruction_mode != profiles.DROP
@@ -166,7 +190,8 @@ class Instructor:
         return (
             f"Instructor(model={self.model_name!r}, profile={self.profile.family!r}, "
             f"instruction_mode={self.profile.instruction_mode!r}, dim={self.dimension}, "
-            f"max_seq_length={self.max_seq_length}, device={self.device!r}, backend={self.backend!r})"
+            f"max_seq_length={self.max_seq_length}, device={self.device!r}, backend={self.backend!r}, "
+            f"precision={self.precision!r})"
         )
 
     # -- encode -------------------------------------------------------------------------------
@@ -301,10 +326,16 @@ class Instructor:
             attention[row, : len(tokens)] = 1
         input_tensor = torch.from_numpy(input_ids).to(self.device)
         attention_tensor = torch.from_numpy(attention).to(self.device)
-        if self.backend == "onnx":
+        # Small batches (queries) run in fp32 on ONNX Runtime when it is loaded: faster there.
+        bf16 = self.precision == "bf16" and (
+            self._onnx is None or input_ids.size >= BF16_MIN_BATCH_TOKENS
+        )
+        if self.backend == "onnx" and not bf16:
             hidden = self._onnx(input_tensor, attention_tensor)
         else:
-            hidden = self.encoder(input_ids=input_tensor, attention_mask=attention_tensor)[0]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                hidden = self.encoder(input_ids=input_tensor, attention_mask=attention_tensor)[0]
+            hidden = hidden.float()
         pooling_mask = attention_tensor.clone()
         for row, count in enumerate(excluded):
             if count:
@@ -372,15 +403,17 @@ class Instructor:
                 dense.to(device)
             self.device = device
 
-    def _embed_calibration(self, runner: onnx_backend.OnnxEncoder | None) -> np.ndarray:
-        """The fidelity gate's calibration pairs embedded with ``runner`` (None: torch)."""
-        saved, self._onnx = self._onnx, runner
+    def _embed_calibration(self, runner: onnx_backend.OnnxEncoder | None, bf16: bool) -> np.ndarray:
+        """The fidelity gate's calibration pairs embedded with ``runner`` (None: the torch
+        encoder, in bf16 if ``bf16``)."""
+        saved = self._onnx, self._bf16
+        self._onnx, self._bf16 = runner, bf16
         try:
             return self.encode(
-                onnx_backend.calibration_pairs(), show_progress_bar=False, normalize_embeddings=True
+                fidelity.calibration_pairs(), show_progress_bar=False, normalize_embeddings=True
             )
         finally:
-            self._onnx = saved
+            self._onnx, self._bf16 = saved
 
     # -- retrieval helpers ----------------------------------------------------------------------
 

@@ -9,12 +9,13 @@ fingerprint lives in a visible cache folder::
         model.onnx      the optimised encoder (``model.onnx.data`` beside it for large models)
         manifest.json   what was exported, how, and with which versions
         gate.json       the fidelity gate's verdict for exactly these files
+        gate-bf16.json  the verdict on running this model in bf16 (:mod:`.precision`)
 
 The cache root is ``onnx_cache`` when given, else ``$INSTRUCTOR_SEARCH_CACHE/onnx``, else
 ``$XDG_CACHE_HOME/instructor-search/onnx`` (``~/.cache/instructor-search/onnx``).
 
-**Fidelity gate.** An export is used only after its embeddings of a calibration set of real
-text (``data/calibration.json``) were compared with the torch fp32 path's: the minimum cosine
+**Fidelity gate** (:mod:`.fidelity`). An export is used only after its embeddings of a
+calibration set of real text were compared with the torch fp32 path's: the minimum cosine
 must reach :data:`FP32_MIN_COSINE`. Otherwise the torch path runs and the reason is logged. The
 verdict is cached beside the export and checked again when the files, onnxruntime or the
 calibration set change.
@@ -28,9 +29,6 @@ T5's relative-position bias for the traced length, which is wrong at every other
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.metadata
-import importlib.resources
 import importlib.util
 import json
 import logging
@@ -45,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import fidelity
 from .errors import InputError, ModelError
 
 if TYPE_CHECKING:
@@ -108,12 +107,13 @@ def select(
     device: str,
     cache: str | os.PathLike[str] | None,
     num_threads: int,
-    embed: Callable[[OnnxEncoder | None], np.ndarray],
+    reference: Callable[[], np.ndarray],
+    embed: Callable[[OnnxEncoder], np.ndarray],
 ) -> OnnxEncoder | None:
     """The ONNX encoder to use for ``requested`` (``auto``/``torch``/``onnx``), or None for torch.
 
-    ``embed(runner)`` embeds the calibration pairs through the caller's pipeline with ``runner``
-    as the encoder (None: the torch encoder), unit length. Falling back to torch logs one line;
+    ``reference()`` is the calibration pairs embedded by the torch fp32 path and ``embed(runner)``
+    the same through the caller's pipeline with ``runner`` as the encoder. Falling back to torch logs one line;
     an explicit ``onnx`` without onnxruntime installed, or off the CPU, raises instead.
     """
     if requested not in BACKENDS:
@@ -136,7 +136,12 @@ def select(
         return None
     try:
         return load(
-            encoder, fingerprint=fingerprint, cache=cache, num_threads=num_threads, embed=embed
+            encoder,
+            fingerprint=fingerprint,
+            cache=cache,
+            num_threads=num_threads,
+            reference=reference,
+            embed=embed,
         )
     except OnnxUnavailable as error:
         logger.warning("Using the torch backend: %s", error)
@@ -164,18 +169,14 @@ def export_folder(fingerprint: str, cache: str | os.PathLike[str] | None = None)
     return cache_root(cache) / fingerprint[:16]
 
 
-def calibration_pairs() -> list[list[str]]:
-    """The fidelity gate's ``[instruction, text]`` pairs (real text, one word to > 512 tokens)."""
-    return [list(pair) for pair in _calibration()["pairs"]]
-
-
 def load(
     encoder: Any,
     *,
     fingerprint: str,
     cache: str | os.PathLike[str] | None,
     num_threads: int,
-    embed: Callable[[OnnxEncoder | None], np.ndarray],
+    reference: Callable[[], np.ndarray],
+    embed: Callable[[OnnxEncoder], np.ndarray],
 ) -> OnnxEncoder:
     """The gated ONNX encoder: exported (once), opened, and checked (once) against torch."""
     folder = export_folder(fingerprint, cache)
@@ -188,7 +189,14 @@ def load(
             f"onnxruntime could not open {folder / _MODEL_FILE} ({error}); delete {folder} to "
             f"export the model again"
         ) from error
-    verdict = _cached_verdict(folder) or _run_gate(folder, candidate, embed)
+    verdict = fidelity.check(
+        folder / "gate.json",
+        key=_gate_key(folder),
+        threshold=FP32_MIN_COSINE,
+        reference=reference,
+        candidate=lambda: embed(candidate),
+        label=str(folder),
+    )
     if not verdict["passed"]:
         raise OnnxUnavailable(
             f"the ONNX export in {folder} failed the fidelity gate: minimum cosine "
@@ -202,7 +210,7 @@ def load(
 
 
 def _export_is_current(folder: Path, fingerprint: str) -> bool:
-    manifest = _read_json(folder / "manifest.json")
+    manifest = fidelity.read_json(folder / "manifest.json")
     return (
         manifest.get("recipe") == RECIPE
         and manifest.get("fingerprint") == fingerprint
@@ -358,95 +366,17 @@ def _session(path: Path, num_threads: int) -> Any:
 # -- fidelity gate ----------------------------------------------------------------------------
 
 
-def _run_gate(
-    folder: Path, candidate: OnnxEncoder, embed: Callable[[OnnxEncoder | None], np.ndarray]
-) -> dict[str, Any]:
-    started = time.perf_counter()
-    try:
-        reference, exported = embed(None), embed(candidate)
-        min_cosine = float(np.min(_cosines(reference, exported)))
-    except Exception as error:  # a broken export can fail in onnxruntime, with its own types
-        min_cosine, failure = 0.0, f"{type(error).__name__}: {error}"
-    else:
-        failure = None
-    verdict = {
-        "passed": failure is None and min_cosine >= FP32_MIN_COSINE,
-        "min_cosine": min_cosine,
-        "threshold": FP32_MIN_COSINE,
-        "texts": len(calibration_pairs()),
-        "error": failure,
-        "key": _gate_key(folder),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    _write_json(folder / "gate.json", verdict)
-    logger.info(
-        "Fidelity gate for %s: minimum cosine %.7f (needs %s): %s",
-        folder,
-        min_cosine,
-        FP32_MIN_COSINE,
-        "passed" if verdict["passed"] else f"failed{f' ({failure})' if failure else ''}",
-    )
-    return verdict
-
-
-def _cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-    return np.sum(reference * candidate, axis=1) / np.maximum(norms, 1e-12)
-
-
-def _cached_verdict(folder: Path) -> dict[str, Any] | None:
-    verdict = _read_json(folder / "gate.json")
-    if verdict.get("key") != _gate_key(folder) or verdict.get("threshold") != FP32_MIN_COSINE:
-        return None
-    return verdict
-
-
 def _gate_key(folder: Path) -> dict[str, Any]:
     """What a verdict depends on: these exact files, the runtime and the calibration set."""
     files = sorted(p for p in folder.glob(f"{_MODEL_FILE}*") if p.is_file())
     return {
         "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files},
-        "onnxruntime": _version("onnxruntime"),
-        "calibration": _calibration_digest(),
+        "onnxruntime": fidelity.version("onnxruntime"),
+        "calibration": fidelity.calibration_digest(),
     }
 
 
-def _calibration() -> dict[str, Any]:
-    return json.loads(_calibration_file().read_text(encoding="utf-8"))
-
-
-def _calibration_file() -> Any:
-    return importlib.resources.files("instructor_search") / "data" / "calibration.json"
-
-
-def _calibration_digest() -> str:
-    return hashlib.sha256(_calibration_file().read_bytes()).hexdigest()[:16]
-
-
-# -- small file helpers -------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    """Write to a temporary file, then rename: a crash never leaves half a verdict."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(value, indent=1))
-    os.replace(temporary, path)
-
-
 def _versions() -> dict[str, str | None]:
-    return {name: _version(name) for name in ("torch", "transformers", "onnx", "onnxruntime")}
-
-
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return {
+        name: fidelity.version(name) for name in ("torch", "transformers", "onnx", "onnxruntime")
+    }

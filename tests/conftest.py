@@ -37,7 +37,7 @@ def expected() -> dict:
 def tiny():
     from instructor_search import Instructor
 
-    return Instructor(str(TINY), device="cpu")
+    return Instructor(str(TINY), device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="session")

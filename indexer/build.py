@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,12 @@ class BuildSettings:
     chunk: ChunkSettings = field(default_factory=ChunkSettings)
     reader: ReaderSettings = field(default_factory=ReaderSettings)
     batch_size: int = 32
-    #: Documents per committed transaction (what a crash can cost at most).
+    #: Documents per committed transaction.
     commit_documents: int = 64
+    #: Chunks embedded together (sorted by length into batches) before their documents are
+    #: committed: a larger pool pads less (9.2% padded tokens with 64 SciFact documents per
+    #: pool, 1.4% with ~1,000 chunks); a crash re-embeds at most one pool.
+    pool_chunks: int = 1024
     rebuild: bool = False
     #: Encoder backend: "auto" (ONNX Runtime if it passes its fidelity gate), "torch", "onnx".
     backend: str = "auto"
@@ -150,7 +154,9 @@ def _run(
 
     def the_model() -> Instructor:  # loaded at most once, and only when needed
         if not loaded:
-            loaded.append(Instructor(checkpoint, backend=settings.backend, precision=settings.precision))
+            loaded.append(
+                Instructor(checkpoint, backend=settings.backend, precision=settings.precision)
+            )
         return loaded[0]
 
     collection = _collection_settings(checkpoint, settings, model)
@@ -292,30 +298,55 @@ def _embed_and_store(
     chunkers = _Chunkers(model, settings.chunk)
     progress = _progress_bar(len(pending), show_progress)
     try:
-        for start in range(0, len(pending), settings.commit_documents):
-            batch = pending[start : start + settings.commit_documents]
-            chunked = [(doc, _chunk(doc, chunkers, model, max_text)) for doc, _ in batch]
-            texts = [text for _, pieces in chunked for _, text in pieces]
+        pools = _pools(
+            pending, settings.pool_chunks, lambda d: _chunk(d, chunkers, model, max_text)
+        )
+        for pool in pools:
+            texts = [text for _, _, pieces in pool for _, text in pieces]
             vectors = model.embed(texts, instruction, batch_size=settings.batch_size)
-            rows, offset = [], 0
-            for doc, pieces in chunked:
-                rows.append(
-                    (doc, [chunk for chunk, _ in pieces], vectors[offset : offset + len(pieces)])
-                )
-                offset += len(pieces)
-            index.upsert(rows)
-            report.chunks_embedded += len(texts)
-            for _, is_update in batch:
-                if is_update:
-                    report.documents_updated += 1
-                else:
-                    report.documents_added += 1
-            if progress is not None:
-                progress.update(len(batch))
-                progress.set_postfix(chunks=report.chunks_embedded, refresh=False)
+            offset = 0
+            for start in range(0, len(pool), settings.commit_documents):
+                group = pool[start : start + settings.commit_documents]
+                rows = []
+                for doc, _, pieces in group:
+                    chunks = [chunk for chunk, _ in pieces]
+                    rows.append((doc, chunks, vectors[offset : offset + len(pieces)]))
+                    offset += len(pieces)
+                index.upsert(rows)
+                for _, is_update, pieces in group:
+                    report.chunks_embedded += len(pieces)
+                    if is_update:
+                        report.documents_updated += 1
+                    else:
+                        report.documents_added += 1
+                if progress is not None:
+                    progress.update(len(group))
+                    progress.set_postfix(chunks=report.chunks_embedded, refresh=False)
     finally:
         if progress is not None:
             progress.close()
+
+
+_Pending = tuple[Document, bool, list[tuple[Chunk, str]]]
+
+
+def _pools(
+    pending: list[tuple[Document, bool]],
+    pool_chunks: int,
+    chunk: Callable[[Document], list[tuple[Chunk, str]]],
+) -> Iterator[list[_Pending]]:
+    """Chunked documents in groups of at least ``pool_chunks`` chunks (the last: the rest)."""
+    pool: list[_Pending] = []
+    size = 0
+    for doc, is_update in pending:
+        pieces = chunk(doc)
+        pool.append((doc, is_update, pieces))
+        size += len(pieces)
+        if size >= pool_chunks:
+            yield pool
+            pool, size = [], 0
+    if pool:
+        yield pool
 
 
 def _chunk(
@@ -341,11 +372,12 @@ class _Chunkers:
         self._by_budget: dict[int, Chunker] = {}
 
     def get(self, max_text_tokens: int) -> Chunker:
-        if max_text_tokens not in self._by_budget:
-            self._by_budget[max_text_tokens] = Chunker(
-                self.model.tokenizer, self.settings, max_text_tokens=max_text_tokens
+        window = min(self.settings.chunk_tokens, max_text_tokens)  # what the Chunker will use
+        if window not in self._by_budget:
+            self._by_budget[window] = Chunker(
+                self.model.tokenizer, self.settings, max_text_tokens=window
             )
-        return self._by_budget[max_text_tokens]
+        return self._by_budget[window]
 
 
 def _short_title(title: str, model: Instructor) -> str:
@@ -381,5 +413,7 @@ def validate(settings: BuildSettings) -> None:
     """Raise :class:`InputError` for settings that cannot work, before any work is done."""
     if settings.batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {settings.batch_size}")
+    if settings.pool_chunks < 1:
+        raise InputError(f"pool_chunks must be at least 1, got {settings.pool_chunks}")
     if settings.commit_documents < 1:
         raise InputError(f"commit_documents must be at least 1, got {settings.commit_documents}")

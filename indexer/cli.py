@@ -132,7 +132,14 @@ def cli(verbose: bool) -> None:
     "--commit-every",
     default=64,
     show_default=True,
-    help="Documents per committed transaction (the most a crash can cost).",
+    help="Documents per committed transaction.",
+)
+@click.option(
+    "--pool-chunks",
+    default=1024,
+    show_default=True,
+    help="Chunks embedded together before their documents are committed: larger pads less, "
+    "a crash re-embeds at most this many.",
 )
 @click.option(
     "--rebuild", is_flag=True, help="Start over: delete the index there and embed everything."
@@ -157,6 +164,7 @@ def build(
     text_column: str,
     batch_size: int,
     commit_every: int,
+    pool_chunks: int,
     rebuild: bool,
     as_json: bool,
     quiet: bool,
@@ -187,6 +195,7 @@ def build(
         reader=ReaderSettings(include=include, exclude=exclude, csv_text_column=text_column),
         batch_size=batch_size,
         commit_documents=commit_every,
+        pool_chunks=pool_chunks,
         rebuild=rebuild,
         backend=backend,
         precision=precision,

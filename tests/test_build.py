@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -46,6 +48,25 @@ def write_corpus(root: Path, count: int = 6) -> Path:
 @pytest.fixture()
 def settings(tiny_path) -> BuildSettings:
     return BuildSettings(model=str(tiny_path), commit_documents=4)
+
+
+def test_embedding_pools_do_not_change_what_is_stored(tmp_path, settings, tiny):
+    """Pools smaller than a document, or than a commit, map every vector to its own chunk."""
+    corpus = write_corpus(tmp_path / "corpus", count=9)
+    stored = []
+    for name, pool_chunks in (("one-pool", 1024), ("small-pools", 1)):
+        index = tmp_path / name
+        pooled = dataclasses.replace(settings, pool_chunks=pool_chunks)
+        report = build([corpus], index, pooled, model=tiny)
+        assert report.documents_added == 9 and report.chunks_embedded == report.chunks_total
+        with Index.open(index, readonly=True) as opened:
+            ids = list(range(1, report.chunks_total + 1))
+            stored.append(
+                ([(r.doc_id, r.text) for r in opened.chunks(ids)], opened.embeddings(ids))
+            )
+    (chunks, vectors), (small_chunks, small_vectors) = stored
+    assert chunks == small_chunks
+    np.testing.assert_allclose(vectors, small_vectors, atol=1e-5)
 
 
 def test_build_then_noop_then_incremental(tmp_path, settings, tiny):
@@ -175,6 +196,8 @@ def test_kill_9_at_any_point_keeps_the_last_committed_state(tmp_path, tiny_path)
         str(tiny_path),
         "--commit-every",
         "8",
+        "--pool-chunks",
+        "16",
         "-q",
         "--json",
     ]

@@ -9,7 +9,6 @@ directly. ``torch`` and ``transformers`` are imported when a model is loaded, no
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ from . import fidelity, onnx_backend, profiles
 from .checkpoints import Checkpoint, ModuleSpec, resolve
 from .errors import InputError, ModelError
 from .precision import BF16_MIN_BATCH_TOKENS, use_bf16
+from .st_modules import load_dense, pool, pooling_modes
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
-_POOLING_MODES = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens")
 _PROGRESS_MIN_INPUTS = 1000
 #: Default cap on padded tokens per batch (rows x longest row), measured in bench/encode.py.
 MAX_TOKENS_PER_BATCH = 8192
@@ -148,9 +147,9 @@ class Instructor:
 
     def _add_module(self, module: ModuleSpec) -> None:
         if module.kind == "pooling":
-            self._pooling_modes = _pooling_modes(module.folder)
+            self._pooling_modes = pooling_modes(module.folder)
         elif module.kind == "dense":
-            self._dense.append(_load_dense(module.folder).to(self.device))
+            self._dense.append(load_dense(module.folder).to(self.device))
         elif module.kind == "normalize":
             self._normalize = True
 
@@ -340,7 +339,7 @@ class Instructor:
         for row, count in enumerate(excluded):
             if count:
                 pooling_mask[row, : min(count, width)] = 0
-        embedding = _pool(hidden, pooling_mask, self._pooling_modes)
+        embedding = pool(hidden, pooling_mask, self._pooling_modes)
         for dense in self._dense:
             embedding = dense(embedding)
         if self._normalize:
@@ -501,73 +500,3 @@ def _initial_max_seq_length(
     limit = profile.max_seq_length or checkpoint.max_seq_length or 512
     positions = getattr(encoder.config, "max_position_embeddings", None)
     return min(limit, positions) if positions else limit
-
-
-def _pooling_modes(folder: Any) -> tuple[str, ...]:
-    config_file = folder / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    modes = tuple(mode for mode in _POOLING_MODES if config.get(f"pooling_mode_{mode}"))
-    unsupported = [
-        key
-        for key, on in config.items()
-        if key.startswith("pooling_mode_")
-        and on
-        and key[len("pooling_mode_") :] not in _POOLING_MODES
-    ]
-    if unsupported:
-        raise ModelError(
-            f"{config_file}: pooling {unsupported} is not supported; supported: {list(_POOLING_MODES)}"
-        )
-    return modes or ("mean_tokens",)
-
-
-def _pool(hidden: torch.Tensor, mask: torch.Tensor, modes: tuple[str, ...]) -> torch.Tensor:
-    import torch
-
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = []
-    for mode in modes:
-        if mode == "cls_token":
-            pooled.append(hidden[:, 0])
-        elif mode == "max_tokens":
-            pooled.append(hidden.masked_fill(weights == 0, -1e9).max(dim=1).values)
-        else:
-            summed = (hidden * weights).sum(dim=1)
-            counts = weights.sum(dim=1).clamp(min=1e-9)
-            pooled.append(summed / (counts.sqrt() if mode == "mean_sqrt_len_tokens" else counts))
-    return torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0]
-
-
-def _load_dense(folder: Any) -> torch.nn.Module:
-    import torch
-
-    config_file = folder / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-        if (folder / "model.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            state = load_file(str(folder / "model.safetensors"))
-        else:
-            state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise ModelError(f"Could not load the Dense module in {folder}: {error}") from error
-    activations = {
-        "torch.nn.modules.linear.Identity": torch.nn.Identity,
-        "torch.nn.modules.activation.Tanh": torch.nn.Tanh,
-        "torch.nn.modules.activation.ReLU": torch.nn.ReLU,
-        "torch.nn.modules.activation.GELU": torch.nn.GELU,
-    }
-    name = config.get("activation_function", "torch.nn.modules.linear.Identity")
-    if name not in activations:
-        raise ModelError(
-            f"{config_file}: activation {name!r} is not supported; supported: {sorted(activations)}"
-        )
-    linear = torch.nn.Linear(
-        config["in_features"], config["out_features"], bias=config.get("bias", True)
-    )
-    linear.load_state_dict(
-        {key.removeprefix("linear."): value.float() for key, value in state.items()}
-    )
-    # sentence-transformers' Dense module: activation(x @ W.T + b)
-    return torch.nn.Sequential(linear, activations[name]()).eval()

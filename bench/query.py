@@ -4,7 +4,10 @@
 
 What is timed is one ``Retriever.search(query, k=10)`` call: the real query embedding with the
 bundled model (all-MiniLM-L6-v2 on the torch path), the ANN search (FAISS flat up to 50k
-vectors, HNSW above, as the store chooses), BM25 for hybrid, and the SQLite fetch of the hits.
+vectors, HNSW above, as the store chooses), BM25 for hybrid (the keyword matrix,
+``keywords.bm25``), and the SQLite fetch of the hits. ``Index.keyword_search`` at the depth
+hybrid asks for (100) is also timed alone, and the one-off time to write ``keywords.bm25`` (what
+the end of a build adds) with its size on disk.
 
 The collections are synthetic but realistic: 2,000 real SciFact passages are embedded once;
 chunk ``i`` carries passage ``i % 2000``'s text (with a serial word appended) and its vector plus
@@ -29,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from instructor_search import Chunk, Document, Instructor
-from instructor_search.retriever import Retriever
-from instructor_search.store import CollectionSettings, Index
+from instructor_search.retriever import MIN_CANDIDATES, Retriever
+from instructor_search.store import KEYWORDS_FILE, CollectionSettings, Index
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "bench-data" / "scifact"
 PASSAGES = 2000
@@ -104,6 +107,17 @@ def synthetic_index(
     return path
 
 
+def keyword_file(path: Path) -> str:
+    """Time writing ``keywords.bm25`` from scratch, as the end of a build does."""
+    (path / KEYWORDS_FILE).unlink(missing_ok=True)
+    with Index.open(path) as index:
+        started = time.perf_counter()
+        index.sync_vectors()  # vectors.faiss is current: only keywords.bm25 is written
+        seconds = time.perf_counter() - started
+    megabytes = (path / KEYWORDS_FILE).stat().st_size / 1e6
+    return f"keywords.bm25 written in {seconds:.1f} s, {megabytes:.0f} MB on disk"
+
+
 def timed(call, items: list[str], warmup: int = 20) -> list[float]:
     for text in items[:warmup]:
         call(text)
@@ -162,9 +176,17 @@ def main() -> None:
     print("| what | queries | p50 ms | p99 ms | mean ms |")
     print("| --- | --- | --- | --- | --- |")
     print(row("query embedding only", timed(lambda q: model.embed([q]), items)), flush=True)
+    notes = []
     for size in args.sizes:
         path = synthetic_index(args.workdir / f"latency-{size}", size, model, texts, base)
+        notes.append(f"{size:,} chunks: {keyword_file(path)}")  # also for indexes cached before
         with Retriever(path, model) as retriever:
+            for where in (None, {"group": 3}):
+                times = timed(
+                    lambda q, w=where: retriever.index.keyword_search(q, MIN_CANDIDATES, w), items
+                )
+                what = "" if where is None else ", where group=3"
+                print(row(f"{size:,} chunks, Index.keyword_search k=100{what}", times), flush=True)
             kind = retriever.index.stats().index_type
             for mode in args.modes:
                 times = timed(lambda q, m=mode: retriever.search(q, k=10, mode=m), items)
@@ -176,6 +198,7 @@ def main() -> None:
         if times is not None:
             print(row(f"txtai, {PASSAGES:,} passages, same model", times))
 
+    print("\n" + "\n".join(f"- {note}" for note in notes))
     print(f"\nload average after the run: {os.getloadavg()[0]:.2f}")
 
 

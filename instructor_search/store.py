@@ -1,18 +1,21 @@
-"""The index on disk: one folder holding ``index.sqlite`` (the truth) and ``vectors.faiss``.
+"""The index on disk: one folder holding ``index.sqlite`` (the truth), ``vectors.faiss`` and
+``keywords.bm25``.
 
 :class:`Index` owns the schema (see :mod:`instructor_search.migrations`); callers never write
 SQL against it. ``index.sqlite`` holds collection settings, documents, chunks with their
 float32 embeddings and an FTS5 keyword index. ``vectors.faiss`` is derived from it and rebuilt
-whenever it is missing, stale (another generation) or unreadable. Every committed change bumps
-``collection.generation``; a search reads the generation, the vectors and the filter in one
-SQLite read snapshot, so readers in other processes never see a half-written state.
+whenever it is missing, stale (another generation) or unreadable. ``keywords.bm25`` (the
+keyword matrix, :mod:`instructor_search.keywords`) answers keyword searches with FTS5's exact
+BM25 scores; while it is missing, stale or unreadable FTS5 answers, until a writer's
+:meth:`Index.sync_vectors` rewrites it. Every committed change bumps ``collection.generation``;
+a search reads the generation, the vectors and the filter in one SQLite read snapshot, so
+readers in other processes never see a half-written state.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,6 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 import sqlite_utils
 
+from . import keywords
 from . import vectors as vector_files
 from .documents import Chunk, Document
 from .errors import (
@@ -44,12 +48,12 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.sqlite"
 VECTORS_FILE = "vectors.faiss"
+KEYWORDS_FILE = "keywords.bm25"
 BUSY_TIMEOUT_MS = 30_000
 #: FTS5 column weights for bm25(): chunk text, document title.
 TEXT_WEIGHT, TITLE_WEIGHT = 1.0, 0.5
 _JSON_KINDS = {"integer": "number", "real": "number", "text": "text", "true": "bool"}
 _JSON_KINDS |= {"false": "bool", "null": "null", "array": "json", "object": "json"}
-_TERM = re.compile(r"[^\W_]+")  # what FTS5's unicode61 tokenizer calls a token
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -157,6 +161,8 @@ class Index:
         self._lock = threading.RLock()
         self._vectors: tuple[int, Vectors] | None = None
         self._unsaved: vector_files.VectorIndexInfo | None = None  # rebuilt, not yet written
+        self._keywords: keywords.KeywordMatrix | None = None
+        self._unreadable: tuple[int, int, int] | None = None  # a keywords file that failed
         self._fields: tuple[int, dict[str, str]] | None = None
         row = self._collection()
         self.settings = CollectionSettings(
@@ -181,7 +187,13 @@ class Index:
         if not isinstance(settings.dimension, int) or settings.dimension < 1:
             raise InputError(f"dimension must be a positive int, got {settings.dimension!r}")
         path.mkdir(parents=True, exist_ok=True)
-        for name in (INDEX_FILE, f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm", VECTORS_FILE):
+        for name in (
+            INDEX_FILE,
+            f"{INDEX_FILE}-wal",
+            f"{INDEX_FILE}-shm",
+            VECTORS_FILE,
+            KEYWORDS_FILE,
+        ):
             (path / name).unlink(missing_ok=True)
         db = _connect(path / INDEX_FILE)
         _writer_pragmas(db)
@@ -399,7 +411,7 @@ class Index:
             row = self._collection()
             docs = self._db.execute("SELECT count(*) FROM documents").fetchone()[0]
             chunks = self._db.execute("SELECT count(*) FROM chunks").fetchone()[0]
-        files = (INDEX_FILE, f"{INDEX_FILE}-wal", VECTORS_FILE)
+        files = (INDEX_FILE, f"{INDEX_FILE}-wal", VECTORS_FILE, KEYWORDS_FILE)
         size = sum((self.path / f).stat().st_size for f in files if (self.path / f).exists())
         keep = set(IndexStats.__annotations__) - {"documents", "chunks", "size_bytes", "path"}
         extra = {"size_bytes": size, "path": str(self.path)}
@@ -594,6 +606,36 @@ class Index:
         self._persist()
         return vectors.search(matrix, int(k), allowed)
 
+    def _keyword_matrix(self, generation: int) -> keywords.KeywordMatrix | None:
+        """The keyword matrix of ``generation`` (inside a snapshot): cached, or loaded from
+        ``keywords.bm25``; ``None`` when that file is missing, stale or unreadable."""
+        if self._keywords is not None and self._keywords.generation == generation:
+            return self._keywords
+        file = self.path / KEYWORDS_FILE
+        if keywords.read_generation(file) != generation:
+            return None
+        try:
+            stat = file.stat()
+        except OSError:
+            return None
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if stamp == self._unreadable:  # warned about this very file already
+            return None
+        try:
+            matrix = keywords.load(file)
+            (count,) = self._db.execute("SELECT count(*) FROM chunks").fetchone()
+            if matrix.generation == generation and len(matrix.chunk_ids) != count:
+                raise keywords.KeywordMatrixError(f"{len(matrix.chunk_ids)} rows, {count} chunks")
+        except (OSError, keywords.KeywordMatrixError) as exc:
+            log.warning("%s is unreadable (%s); FTS5 answers keyword searches until a build "
+                        "rewrites it", file, exc)  # fmt: skip
+            self._unreadable = stamp
+            return None
+        if matrix.generation != generation:  # replaced by a writer since its header was read
+            return None
+        self._keywords = matrix
+        return matrix
+
     @_locked
     def keyword_search(
         self, query: str, k: int, where: Mapping[str, Any] | None = None
@@ -601,43 +643,74 @@ class Index:
         """BM25 keyword search: ``(chunk_id, score)`` best first, score = ``-bm25()``.
 
         Any string is safe: its words are quoted FTS5 strings joined by OR, so FTS5 and SQL
-        syntax in it is searched as text.
+        syntax in it is searched as text. The keyword matrix answers when ``keywords.bm25``
+        is current, with the same scores (ties by chunk id); FTS5 answers otherwise.
         """
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive int, got {k!r}")
-        terms = dict.fromkeys(t.lower() for t in _TERM.findall(str(query)))
-        if not terms:
+        words = keywords.query_words(query)
+        if not words:
             return []
-        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        with self._snapshot():
+            matrix = self._keyword_matrix(self.generation)
+            allowed = self.matching_chunk_ids(where) if where and matrix else None
+            found = matrix.search(words, int(k), allowed) if matrix else None
+            if found is not None:
+                return found
+            return self._fts5_search(words, int(k), where)
+
+    def _fts5_search(
+        self, words: list[str], k: int, where: Mapping[str, Any] | None
+    ) -> list[tuple[int, float]]:
+        """FTS5's own answer to :meth:`keyword_search` (the truth the keyword matrix matches)."""
         bm25 = f"bm25(chunks_fts, {TEXT_WEIGHT}, {TITLE_WEIGHT})"
         sql = f"SELECT rowid, -{bm25} FROM chunks_fts WHERE chunks_fts MATCH ?"
-        params: list[Any] = [match]
-        with self._snapshot():
-            if where:
-                condition, filter_params = self._filter_sql(where)
-                # "+rowid": filter FTS5's matches; a plain rowid IN would run MATCH once per id
-                sql += (
-                    " AND +rowid IN (SELECT c.id FROM documents d CROSS JOIN chunks c "
-                    f"ON c.doc_id = d.id WHERE {condition})"
-                )
-                params += filter_params
-            rows = self._db.execute(f"{sql} ORDER BY {bm25} LIMIT ?", [*params, int(k)]).fetchall()
+        params: list[Any] = [keywords.match_expression(words)]
+        if where:
+            condition, filter_params = self._filter_sql(where)
+            # "+rowid": filter FTS5's matches; a plain rowid IN would run MATCH once per id
+            sql += (
+                " AND +rowid IN (SELECT c.id FROM documents d CROSS JOIN chunks c "
+                f"ON c.doc_id = d.id WHERE {condition})"
+            )
+            params += filter_params
+        rows = self._db.execute(f"{sql} ORDER BY {bm25} LIMIT ?", [*params, k]).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]
+
+    def _sync_keywords(self) -> None:
+        """Writer side: rebuild ``keywords.bm25`` from FTS5 unless it holds this generation
+        and is readable."""
+        file = self.path / KEYWORDS_FILE
+        with self._snapshot():
+            generation = self.generation
+            if self._keyword_matrix(generation) is not None:
+                return
+            weights = {"text": TEXT_WEIGHT, "title": TITLE_WEIGHT}
+            try:
+                matrix = keywords.build(self._db.conn, "chunks_fts", weights, generation)
+            except (keywords.KeywordMatrixError, sqlite3.Error) as exc:
+                log.warning("keyword matrix not built (%s); FTS5 answers keyword searches", exc)
+                return
+        keywords.save(matrix, file)
+        self._keywords = matrix
+        log.info("wrote %s (%.1f MB)", file, file.stat().st_size / 1e6)
 
     @_locked
     def sync_vectors(self) -> None:
-        """Make ``vectors.faiss`` match the current generation (a build calls this at its end)."""
+        """Make the derived files, ``vectors.faiss`` and ``keywords.bm25``, match the current
+        generation (a build calls this at its end; a no-op when they already do)."""
         if self.readonly:
             raise IndexStoreError(f"{self.path} was opened read-only")
         with self._snapshot():
             generation = self.generation
             self._load_vectors(generation)
         self._persist(force=vector_files.read_generation(self.path / VECTORS_FILE) != generation)
+        self._sync_keywords()
 
     def close(self) -> None:
         """Close the database connection."""
         with self._lock:
-            self._vectors = None
+            self._vectors = self._keywords = None
             self._db.close()
 
     def __enter__(self) -> Index:

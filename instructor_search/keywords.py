@@ -1,0 +1,396 @@
+"""The keyword matrix: FTS5's BM25 of ``chunks_fts`` precomputed per posting, searched in numpy.
+
+A keyword query is an OR of quoted phrases, one per distinct lower-cased word (see
+:func:`query_words`). FTS5 answers it with ``bm25()``, but scores nearly every row for an OR of
+common words (~170 ms at 100k chunks). The matrix answers the same query in a few milliseconds
+with the same scores, because ``bm25()`` is a sum over phrases of a term's per-row contribution
+(``fts5_aux.c``, ``fts5Bm25Function``)::
+
+    idf(t)   = log((0.5 + N - n_t) / (0.5 + n_t)), or 1e-6 when that is <= 0
+    f(t, r)  = sum over the row's columns of weight(column) x hits of t in that column
+    score(r) = sum over phrases t of
+               idf(t) x f(t, r) x (k1 + 1) / (f(t, r) + k1 x (1 - b + b x D(r) / avgdl))
+
+with ``k1 = 1.2``, ``b = 0.75``, ``N`` rows, ``n_t`` rows holding ``t``, ``D(r)`` the row's tokens
+over all columns and ``avgdl`` the mean of ``D``. Every contribution is computed once, in the
+same float64 operations in the same order as FTS5, and stored per posting (term, row); a query
+sums its phrases' postings with :func:`numpy.bincount` in phrase order, as FTS5 does, so the
+scores are the same doubles. Two words stemming to one term are two phrases and count twice.
+
+Tokens come from FTS5 itself: the document side from an ``fts5vocab`` ``instance`` table over
+``chunks_fts``; the query side by inserting each word into an in-memory FTS5 table made with the
+index's own ``tokenize=`` option. A word that is not exactly one token (a handful of code
+points, e.g. U+19B0) makes :meth:`KeywordMatrix.search` decline, and FTS5 answers.
+
+File format (``keywords.bm25``), little-endian::
+
+    magic b"ISKW" | version u16 | reserved u16 | generation i64 | rows i64 | terms i64
+    | postings i64 | crc32(payload) u32 | payload length u64
+    | payload = chunk ids i64[rows] | offsets i64[terms + 1] | posting rows i32[postings]
+                | posting scores f64[postings] | tokenize option and terms, UTF-8, NUL-separated
+
+Like ``vectors.faiss`` it is stamped with the SQLite generation it was built from and replaced
+atomically; unlike it, a reader never rebuilds it (FTS5 is the exact fallback).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sqlite3
+import struct
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .errors import IndexStoreError
+
+log = logging.getLogger(__name__)
+
+#: FTS5's bm25() constants (fts5_aux.c).
+K1, B = 1.2, 0.75
+#: Instances of terms read from FTS5 per query while building (bounds the memory used).
+SLICE_INSTANCES = 4_000_000
+#: Top-k selection bounds the k-th best score from every SAMPLE_STEP-th row first.
+SAMPLE_STEP = 8
+
+MAGIC = b"ISKW"
+VERSION = 1
+_HEADER = struct.Struct("<4sHHqqqqIQ")
+_TERM = re.compile(r"[^\W_]+")  # what FTS5's unicode61 tokenizer calls a token
+_TOKENIZE = re.compile(r"\btokenize\s*=\s*'((?:[^']|'')*)'", re.IGNORECASE)
+
+
+class KeywordMatrixError(IndexStoreError):
+    """The keyword matrix cannot be built, or ``keywords.bm25`` is unreadable, truncated or not
+    ours; FTS5 answers keyword searches meanwhile."""
+
+
+def query_words(query: str) -> list[str]:
+    """The distinct lower-cased words of ``query`` in order; each is one quoted FTS5 phrase."""
+    return list(dict.fromkeys(t.lower() for t in _TERM.findall(str(query))))
+
+
+def match_expression(words: Sequence[str]) -> str:
+    """The FTS5 MATCH string of :func:`query_words`: quoted phrases joined by OR, so FTS5 and
+    SQL syntax in them is searched as text."""
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+class _Tokenizer:
+    """An in-memory FTS5 table with a given ``tokenize=`` option, to read a word's tokens."""
+
+    def __init__(self, tokenize: str) -> None:
+        self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        option = "'" + tokenize.replace("'", "''") + "'"
+        self._db.execute(f"CREATE VIRTUAL TABLE words USING fts5(word, tokenize={option})")
+        self._db.execute("CREATE VIRTUAL TABLE tokens USING fts5vocab(words, 'instance')")
+        self._lock = threading.Lock()
+
+    def tokens(self, word: str) -> tuple[str, ...]:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute("INSERT INTO words (rowid, word) VALUES (1, ?)", [word])
+                rows = self._db.execute("SELECT term FROM tokens ORDER BY offset").fetchall()
+            finally:
+                self._db.execute("ROLLBACK")
+        return tuple(r[0] for r in rows)
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(tokenize: str) -> _Tokenizer:
+    return _Tokenizer(tokenize)
+
+
+@lru_cache(maxsize=65_536)
+def word_tokens(tokenize: str, word: str) -> tuple[str, ...]:
+    """The tokens FTS5 makes of ``word`` with the ``tokenize=`` option ``tokenize`` (cached)."""
+    return _tokenizer(tokenize).tokens(word)
+
+
+class KeywordMatrix:
+    """Per-posting BM25 contributions of one generation of ``chunks_fts``, CSC-like: the
+    postings of term ``t`` (sorted vocabulary) are ``rows[offsets[t]:offsets[t + 1]]`` (positions
+    in ``chunk_ids``) with their contributions ``scores[...]``."""
+
+    def __init__(
+        self,
+        generation: int,
+        tokenize: str,
+        chunk_ids: np.ndarray,
+        vocabulary: Sequence[str],
+        offsets: np.ndarray,
+        rows: np.ndarray,
+        scores: np.ndarray,
+    ) -> None:
+        self.generation = generation
+        self.tokenize = tokenize
+        self.chunk_ids = chunk_ids
+        self.vocabulary = list(vocabulary)
+        self.offsets = offsets
+        self.rows = rows
+        self.scores = scores
+        self._term = {term: i for i, term in enumerate(self.vocabulary)}
+
+    def search(
+        self, words: Sequence[str], k: int, allowed: np.ndarray | None = None
+    ) -> list[tuple[int, float]] | None:
+        """``(chunk_id, score)`` of the top ``k`` rows for the OR of ``words`` (from
+        :func:`query_words`), best first, ties by chunk id; ``allowed`` (chunk ids) restricts
+        the candidates. ``None`` when a word is not exactly one token: FTS5 must answer."""
+        tokens = [word_tokens(self.tokenize, w) for w in words]
+        if any(len(t) != 1 for t in tokens):
+            return None
+        spans = [
+            (self.offsets[i], self.offsets[i + 1])
+            for i in (self._term.get(t[0]) for t in tokens)
+            if i is not None
+        ]
+        if not spans:
+            return []
+        rows = np.concatenate([self.rows[a:b] for a, b in spans])
+        weights = np.concatenate([self.scores[a:b] for a, b in spans])
+        totals = np.bincount(rows, weights=weights, minlength=len(self.chunk_ids))
+        if allowed is None:
+            candidates = None
+        else:
+            allowed = np.asarray(allowed, dtype=np.int64)
+            at = np.searchsorted(self.chunk_ids, allowed)
+            held = at < len(self.chunk_ids)
+            candidates = at[held][self.chunk_ids[at[held]] == allowed[held]]
+            totals = totals[candidates]
+        best = _best(totals, k)
+        positions = best if candidates is None else candidates[best]
+        return [
+            (int(c), float(s))
+            for c, s in zip(self.chunk_ids[positions].tolist(), totals[best].tolist())
+        ]
+
+
+def _best(totals: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest positive ``totals``, largest first, ties by index."""
+    # A lower bound of the k-th largest value: the k-th largest of every SAMPLE_STEP-th value
+    # (a partition of n / SAMPLE_STEP values, not n); only values at or above it are ranked.
+    sample = totals[::SAMPLE_STEP] if len(totals) >= 2 * SAMPLE_STEP * k else totals
+    floor = np.partition(sample, len(sample) - k)[len(sample) - k] if k < len(sample) else 0.0
+    top = np.flatnonzero(totals >= floor) if floor > 0 else np.flatnonzero(totals)
+    if len(top) > k:
+        kth = np.partition(totals[top], len(top) - k)[len(top) - k]
+        top = top[totals[top] >= kth]
+    return top[np.lexsort((top, -totals[top]))[:k]]
+
+
+# -- building from FTS5 ------------------------------------------------------------------------
+
+
+def _tokenize_option(conn: sqlite3.Connection, table: str) -> str | None:
+    """The quoted ``tokenize=`` option of the FTS5 ``table``, or ``None`` when it is not given
+    in that form (then the matrix is not built)."""
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]
+    ).fetchone()
+    found = _TOKENIZE.search(row[0]) if row else None
+    return found.group(1).replace("''", "'") if found else None
+
+
+def build(
+    conn: sqlite3.Connection, table: str, column_weights: Mapping[str, float], generation: int
+) -> KeywordMatrix:
+    """Read every token instance of the FTS5 ``table`` and precompute its BM25 postings with the
+    given column weights, stamped with ``generation``. Run it inside one read transaction.
+
+    Raises :class:`KeywordMatrixError` when the table's tokenizer cannot be reproduced for queries
+    or FTS5's vocabulary and instances disagree.
+    """
+    started = time.perf_counter()
+    tokenize = _tokenize_option(conn, table)
+    if tokenize is None:
+        raise KeywordMatrixError(
+            f"{table} has no quoted tokenize= option to reproduce queries with"
+        )
+    columns = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
+    weight = np.array([column_weights[c] for c in columns], dtype=np.float64)
+    row_vocab, instances = f"temp.{table}_rowvocab", f"temp.{table}_instances"
+    conn.execute(f"CREATE VIRTUAL TABLE {row_vocab} USING fts5vocab(main, \"{table}\", 'row')")
+    conn.execute(f"CREATE VIRTUAL TABLE {instances} USING fts5vocab(main, \"{table}\", 'instance')")
+    try:
+        rowids = conn.execute(f'SELECT rowid FROM "{table}" ORDER BY rowid').fetchall()
+        chunk_ids = np.array([r[0] for r in rowids], dtype=np.int64).reshape(-1)
+        vocab = conn.execute(f"SELECT term, doc, cnt FROM {row_vocab}").fetchall()
+        column_case = " ".join(f"WHEN ? THEN {i}" for i in range(len(columns)))
+        sql = (
+            f"SELECT group_concat(doc * {len(columns)} + CASE col {column_case} END) "
+            f"FROM {instances} WHERE term >= ? AND term <= ?"
+        )
+        length = np.zeros(len(chunk_ids))  # D: tokens per row, all columns (exact in float64)
+        parts = []
+        for a, b in _slices([v[2] for v in vocab]):
+            text = conn.execute(sql, [*columns, vocab[a][0], vocab[b - 1][0]]).fetchone()[0]
+            codes = np.fromstring(text or "", dtype=np.int64, sep=",")
+            parts.append(_postings(codes, vocab[a:b], chunk_ids, weight, length))
+    finally:
+        conn.execute(f"DROP TABLE {instances}")
+        conn.execute(f"DROP TABLE {row_vocab}")
+    rows = np.concatenate([p[0] for p in parts] or [np.empty(0, np.int32)])
+    freq = np.concatenate([p[1] for p in parts] or [np.empty(0)])
+    df = np.array([v[1] for v in vocab], dtype=np.int64)
+    # The operations of fts5Bm25Function in float64 (+ and * commute exactly in IEEE 754).
+    count = len(chunk_ids)
+    avgdl = float(length.sum()) / float(count) if count else 1.0
+    norm = K1 * ((1 - B) + (B * length) / avgdl)
+    scores = freq * (K1 + 1.0)
+    freq += norm[rows]
+    scores /= freq
+    del freq
+    scores *= np.repeat(np.array([_idf(count, int(n)) for n in df], dtype=np.float64), df)
+    offsets = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
+    matrix = KeywordMatrix(
+        generation, tokenize, chunk_ids, [v[0] for v in vocab], offsets, rows, scores
+    )
+    log.info("keyword matrix: %d rows, %d terms, %d postings in %.1f s",
+             count, len(vocab), len(scores), time.perf_counter() - started)  # fmt: skip
+    return matrix
+
+
+def _idf(rows: int, hits: int) -> float:
+    idf = math.log((rows - hits + 0.5) / (hits + 0.5))  # libm's log, as FTS5's
+    return idf if idf > 0.0 else 1e-6
+
+
+def _slices(counts: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive term ranges of about :data:`SLICE_INSTANCES` instances each."""
+    slices, start, total = [], 0, 0
+    for i, n in enumerate(counts):
+        total += n
+        if total >= SLICE_INSTANCES:
+            slices.append((start, i + 1))
+            start, total = i + 1, 0
+    if start < len(counts):
+        slices.append((start, len(counts)))
+    return slices
+
+
+def _postings(
+    codes: np.ndarray,
+    vocab: list[tuple[str, int, int]],
+    chunk_ids: np.ndarray,
+    weight: np.ndarray,
+    length: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row positions int32, weighted hits f) of the postings of the terms ``vocab``
+    from their instance codes (``rowid * columns + column``, in term, row, column order); adds
+    each posting's hits to ``length``."""
+    counts = np.array([v[2] for v in vocab], dtype=np.int64)
+    if len(codes) != counts.sum():
+        raise KeywordMatrixError("fts5vocab instances and term counts disagree")
+    term = np.repeat(np.arange(len(vocab)), counts)
+    doc, column = np.divmod(codes, len(weight))
+    starts = np.flatnonzero(np.r_[True, (doc[1:] != doc[:-1]) | (term[1:] != term[:-1])])
+    if not np.array_equal(np.bincount(term[starts], minlength=len(vocab)), [v[1] for v in vocab]):
+        raise KeywordMatrixError("fts5vocab rows and instances disagree")
+    rows = np.searchsorted(chunk_ids, doc[starts])
+    if len(rows) and (rows.max() >= len(chunk_ids) or np.any(chunk_ids[rows] != doc[starts])):
+        raise KeywordMatrixError("fts5vocab instances name rows the table does not hold")
+    length += np.bincount(rows, weights=np.diff(np.r_[starts, len(codes)]), minlength=len(length))
+    freq = np.add.reduceat(weight[column], starts) if len(starts) else np.empty(0)
+    return rows.astype(np.int32), freq
+
+
+# -- the file ----------------------------------------------------------------------------------
+
+
+def save(matrix: KeywordMatrix, path: str | os.PathLike) -> None:
+    """Write ``matrix`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    text = "\0".join([matrix.tokenize, *matrix.vocabulary]).encode("utf-8")
+    arrays = (
+        matrix.chunk_ids.astype("<i8"),
+        matrix.offsets.astype("<i8"),
+        matrix.rows.astype("<i4"),
+        matrix.scores.astype("<f8"),
+    )
+    crc, length = 0, len(text)
+    for a in arrays:
+        crc, length = zlib.crc32(a, crc), length + a.nbytes
+    crc = zlib.crc32(text, crc)
+    header = _HEADER.pack(
+        MAGIC, VERSION, 0, matrix.generation, len(matrix.chunk_ids), len(matrix.vocabulary),
+        len(matrix.rows), crc, length,
+    )  # fmt: skip
+    fd, tmp = tempfile.mkstemp(prefix=".keywords.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            for a in arrays:
+                f.write(a.data)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_generation(path: str | os.PathLike) -> int | None:
+    """The generation in ``path``'s header, or ``None`` when missing or not ours (cheap)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEADER.size)
+    except OSError:
+        return None
+    if len(head) < _HEADER.size or head[:4] != MAGIC:
+        return None
+    return int(_HEADER.unpack(head)[3])
+
+
+def load(path: str | os.PathLike) -> KeywordMatrix:
+    """Read ``path`` written by :func:`save`.
+
+    Raises ``OSError`` (e.g. ``FileNotFoundError``) or :class:`KeywordMatrixError` when unreadable.
+    """
+    data = Path(path).read_bytes()
+    if len(data) < _HEADER.size:
+        raise KeywordMatrixError(f"{path}: truncated ({len(data)} bytes)")
+    magic, version, _, generation, nrows, nterms, npostings, crc, length = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise KeywordMatrixError(f"{path}: not an instructor-search keyword file")
+    if version != VERSION:
+        raise KeywordMatrixError(f"{path}: unknown keyword file version {version}")
+    payload = memoryview(data)[_HEADER.size :]
+    if len(payload) != length:
+        raise KeywordMatrixError(f"{path}: truncated ({len(payload)} of {length} payload bytes)")
+    if zlib.crc32(payload) != crc:
+        raise KeywordMatrixError(f"{path}: checksum mismatch")
+    arrays, at = [], 0
+    for dtype, count in (
+        ("<i8", nrows),
+        ("<i8", nterms + 1),
+        ("<i4", npostings),
+        ("<f8", npostings),
+    ):
+        size = np.dtype(dtype).itemsize * count
+        if count < 0 or at + size > length:
+            raise KeywordMatrixError(f"{path}: header counts exceed the payload")
+        arrays.append(np.frombuffer(payload, dtype=dtype, count=count, offset=at))
+        at += size
+    tokenize, *vocabulary = bytes(payload[at:]).decode("utf-8").split("\0")
+    chunk_ids, offsets, rows, scores = arrays
+    if (
+        len(vocabulary) != nterms
+        or offsets[0] != 0
+        or offsets[-1] != npostings
+        or np.any(np.diff(offsets) < 0)
+        or (npostings and (rows.min() < 0 or rows.max() >= nrows))
+    ):
+        raise KeywordMatrixError(f"{path}: inconsistent postings")
+    return KeywordMatrix(generation, tokenize, chunk_ids, vocabulary, offsets, rows, scores)

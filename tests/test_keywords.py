@@ -1,0 +1,340 @@
+"""The keyword matrix (``keywords.bm25``) against FTS5's own bm25(), on real SQLite/FTS5 indexes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instructor_search import keywords
+from instructor_search.documents import Chunk, Document
+from instructor_search.indexer.build import BuildSettings, build, delete_documents
+from instructor_search.store import KEYWORDS_FILE, CollectionSettings, Index
+
+DIM = 8
+SETTINGS = CollectionSettings(
+    model="test",
+    model_fingerprint="sha256:test",
+    dimension=DIM,
+    document_instruction="",
+    query_instruction="",
+    chunk_tokens=64,
+    chunk_overlap=8,
+)
+# fmt: off
+WORDS = [
+    "run", "running", "runs", "runner", "ran", "the", "of", "and", "a", "fox", "foxes", "quick",
+    "brown", "café", "cafe", "naïve", "résumé", "x-ray", "it's", "don't", "2023", "3.14",
+    "covid-19", "OR", "NEAR", "AND", "NOT", "data", "database", "indexes", "indexing", "indexed",
+    "search", "searching", "42", "über", "Straße", "ÉCOLE", "école", "cats", "cat's", "dogs",
+    "dog", "the", "the", "of",
+]
+# fmt: on
+QUERIES = [
+    "running",
+    "runs",
+    "run running runs runner ran",
+    "Run run RUN",
+    "fox fox foxes",
+    "the",
+    "the of and a",
+    "café",
+    "cafe naïve",
+    "ÉCOLE über straße",
+    "2023 3 14 42",
+    "covid-19 x-ray",
+    "it's don't",
+    "cat's",
+    'fox" OR NEAR(dogs*',
+    "OR",
+    "NEAR",
+    "a OR b AND",
+    "*",
+    '"',
+    '"; DROP TABLE chunks;--',
+    "%_ '",
+    "quick brown fox jumps over the lazy dog",
+    "database indexing search",
+    "title7",
+    "nothing-matches-this zzz",
+]
+FILTERS = [None, {"lang": "en"}, {"year": {">=": 2021}}, {"doc_id": "d007"}, {"lang": "xx"}]
+DECLINED = ["aᦰb", "ᦰ fox", "fox aᦰb"]  # words FTS5 splits into 2 tokens or none
+
+
+def corpus(count: int, seed: int = 0) -> list[tuple[Document, list[Chunk], np.ndarray]]:
+    """Documents of random words (1-3 chunks of varying length, some titles empty)."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(count):
+        parts = [
+            " ".join(rng.choice(WORDS, size=int(rng.integers(1, 40))))
+            for _ in range(int(rng.integers(1, 4)))
+        ]
+        text = " ".join(parts)
+        chunks, start = [], 0
+        for ordinal, part in enumerate(parts):
+            chunks.append(Chunk(ordinal, part, start, start + len(part), len(part.split())))
+            start += len(part) + 1
+        title = "" if i % 5 == 0 else f"title{i} " + " ".join(rng.choice(WORDS, size=3))
+        meta = {"lang": "en" if i % 3 else "fr", "year": 2019 + i % 5}
+        vectors = rng.standard_normal((len(chunks), DIM)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        items.append((Document(f"d{i:03d}", text, title=title, metadata=meta), chunks, vectors))
+    return items
+
+
+@pytest.fixture
+def index(tmp_path):
+    with Index.create(tmp_path / "idx", SETTINGS) as ix:
+        ix.upsert(corpus(120))
+        ix.sync_vectors()
+        yield ix
+
+
+def fts5_truth(path: Path, query: str, k: int, where_ids: np.ndarray | None = None) -> list:
+    """FTS5's answer on a separate read-only connection, ties by rowid."""
+    words = keywords.query_words(query)
+    if not words:
+        return []
+    conn = sqlite3.connect(f"file:{path / 'index.sqlite'}?mode=ro", uri=True)
+    bm25 = "bm25(chunks_fts, 1.0, 0.5)"
+    rows = conn.execute(
+        f"SELECT rowid, -{bm25} FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY {bm25}, rowid",
+        [keywords.match_expression(words)],
+    ).fetchall()
+    conn.close()
+    if where_ids is not None:
+        allowed = set(where_ids.tolist())
+        rows = [r for r in rows if r[0] in allowed]
+    return rows[:k]
+
+
+@pytest.fixture
+def fts5_calls(monkeypatch):
+    """How often FTS5 answered a keyword search (the matrix declined or was unavailable)."""
+    calls = []
+    original = Index._fts5_search
+
+    def spy(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "_fts5_search", spy)
+    return calls
+
+
+def assert_same(found: list, truth: list) -> None:
+    assert [c for c, _ in found] == [c for c, _ in truth]
+    assert [s for _, s in found] == pytest.approx([s for _, s in truth], rel=1e-6)
+
+
+# -- parity ------------------------------------------------------------------------------------
+
+
+def test_same_ids_and_scores_as_fts5(index, fts5_calls):
+    assert keywords.read_generation(index.path / KEYWORDS_FILE) == index.generation
+    nonempty = 0
+    for where in FILTERS:
+        allowed = index.matching_chunk_ids(where) if where else None
+        for query in QUERIES:
+            for k in (1, 3, 10, 1000):
+                truth = fts5_truth(index.path, query, k, allowed)
+                found = index.keyword_search(query, k, where)
+                assert_same(found, truth)
+                nonempty += bool(truth)
+    assert fts5_calls == []  # every answer came from the matrix
+    assert nonempty > 200  # the queries do hit: the comparison is not of empty lists
+
+
+def test_scores_are_fts5s_doubles(index):
+    """Same operations in the same order: equal to the bit, so ranks and ties agree too."""
+    for query in ("the of and a", "run running runs runner ran", "title7 fox"):
+        truth = fts5_truth(index.path, query, 1000)
+        found = index.keyword_search(query, 1000)
+        assert found == [(int(c), float(s)) for c, s in truth]
+
+
+def test_stems_count_once_per_word(index):
+    """Two words stemming to one term are two FTS5 phrases (scores add); a repeated word is one."""
+    run = dict(index.keyword_search("run", 1000))
+    both = dict(index.keyword_search("run running", 1000))
+    assert keywords.word_tokens("porter unicode61", "running") == ("run",)
+    assert both.keys() == run.keys()
+    assert all(both[c] == pytest.approx(2 * run[c]) for c in run)
+    assert index.keyword_search("run RUN Run", 1000) == index.keyword_search("run", 1000)
+
+
+def test_filter_returns_k_when_k_matching_chunks_hit(index):
+    where = {"doc_id": ["d001", "d002", "d003", "d004"]}
+    allowed = index.matching_chunk_ids(where)
+    hits = fts5_truth(index.path, "the of and a run fox", 1000, allowed)
+    assert 3 < len(hits) < 12
+    found = index.keyword_search("the of and a run fox", len(hits), where)
+    assert len(found) == len(hits) and {c for c, _ in found} <= set(allowed.tolist())
+    assert len(index.keyword_search("the", 1000, {"lang": "fr"})) == len(
+        fts5_truth(index.path, "the", 1000, index.matching_chunk_ids({"lang": "fr"}))
+    )
+
+
+def test_words_that_are_not_one_token_go_to_fts5(index, fts5_calls):
+    for query in DECLINED:
+        assert keywords.word_tokens("porter unicode61", "aᦰb") == ("a", "b")
+        assert_same(index.keyword_search(query, 10), fts5_truth(index.path, query, 10))
+    assert len(fts5_calls) == len(DECLINED)
+
+
+def test_top_k_selection_against_a_full_sort():
+    """The sampled k-th-score bound never drops a row: same as sorting everything."""
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        n = int(rng.integers(1, 5000))
+        totals = rng.choice([0.0, 0.5, 1.0, 2.0], size=n) if trial % 3 == 0 else rng.random(n)
+        totals[rng.random(n) < rng.random()] = 0.0  # rows without a hit
+        k = int(rng.choice([1, 2, 10, 100, 1000, n + 5]))
+        order = sorted(np.flatnonzero(totals).tolist(), key=lambda i: (-totals[i], i))[:k]
+        assert keywords._best(totals, k).tolist() == order
+
+
+def test_empty_and_whitespace_queries(index, fts5_calls):
+    for query in ("", "   ", "\n\t", "--- ;", "_"):
+        assert index.keyword_search(query, 5) == []
+    assert fts5_calls == []
+    with pytest.raises(Exception, match="k must be a positive int"):
+        index.keyword_search("fox", 0)
+
+
+# -- the file and its generation ---------------------------------------------------------------
+
+
+def stamp(file: Path) -> tuple[int, int]:
+    stat = file.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def test_file_round_trip(index, tmp_path):
+    matrix = keywords.load(index.path / KEYWORDS_FILE)
+    assert matrix.generation == index.generation and matrix.tokenize == "porter unicode61"
+    assert matrix.vocabulary == sorted(matrix.vocabulary) and "run" in matrix.vocabulary
+    assert len(matrix.chunk_ids) == index.stats().chunks
+    assert matrix.rows.dtype == np.int32 and matrix.scores.dtype == np.float64
+    keywords.save(matrix, tmp_path / "copy.bm25")
+    again = keywords.load(tmp_path / "copy.bm25")
+    for name in ("chunk_ids", "offsets", "rows", "scores"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(matrix, name))
+    assert again.vocabulary == matrix.vocabulary
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".keywords.")] == []
+
+
+@pytest.mark.parametrize(
+    "damage", ["missing", "stale", "garbage", "truncated", "flipped", "another index's"]
+)
+def test_damaged_file_falls_back_to_fts5(index, damage, fts5_calls, caplog, tmp_path):
+    file = index.path / KEYWORDS_FILE
+    data = file.read_bytes()
+    if damage == "missing":
+        file.unlink()
+    elif damage == "another index's":  # same generation, other chunks
+        with Index.create(tmp_path / "other", SETTINGS) as other:
+            other.upsert(corpus(3))
+            other.sync_vectors()
+            assert other.generation == index.generation
+        file.write_bytes((tmp_path / "other" / KEYWORDS_FILE).read_bytes())
+    elif damage == "stale":
+        file.write_bytes(data[:8] + (0).to_bytes(8, "little") + data[16:])
+    elif damage == "garbage":
+        file.write_bytes(b"\x00garbage" * 64)
+    elif damage == "truncated":
+        file.write_bytes(data[: len(data) // 2])
+    else:
+        file.write_bytes(data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])
+    with Index.open(index.path, readonly=True) as reader, caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            assert_same(reader.keyword_search("the fox", 50), fts5_truth(index.path, "the fox", 50))
+    assert len(fts5_calls) == 2
+    warnings = [r for r in caplog.records if "FTS5 answers" in r.getMessage()]
+    assert len(warnings) == (damage in ("truncated", "flipped", "another index's"))  # once
+    assert file.exists() == (damage != "missing")  # a reader never writes it
+    with Index.open(index.path) as writer:
+        writer.sync_vectors()  # what a build does at its end: rewrite it
+        assert keywords.read_generation(file) == writer.generation
+    fts5_calls.clear()
+    with Index.open(index.path, readonly=True) as reader:
+        assert_same(reader.keyword_search("the fox", 50), fts5_truth(index.path, "the fox", 50))
+    assert fts5_calls == []
+
+
+def test_changes_use_fts5_until_synced_then_the_new_file(index, fts5_calls):
+    reader = Index.open(index.path, readonly=True)
+    assert reader.keyword_search("run", 3) and fts5_calls == []
+    index.upsert([(Document("new", "zebra run zebra"), [Chunk(0, "zebra run zebra", 0, 15, 3)],
+                   np.eye(1, DIM, dtype=np.float32))])  # fmt: skip
+    found = reader.keyword_search("zebra", 3)
+    assert len(found) == 1 and found == fts5_truth(index.path, "zebra", 3)
+    assert len(fts5_calls) == 1  # the file holds the previous generation
+    before = stamp(index.path / KEYWORDS_FILE)
+    index.sync_vectors()
+    assert stamp(index.path / KEYWORDS_FILE) != before
+    fts5_calls.clear()
+    assert_same(reader.keyword_search("zebra run", 20), fts5_truth(index.path, "zebra run", 20))
+    assert fts5_calls == []
+    reader.close()
+
+
+def test_delete_is_reflected(index, fts5_calls):
+    doomed = {c for c, _ in index.keyword_search("title7", 10)}
+    assert doomed
+    index.delete(["d007"])
+    index.sync_vectors()
+    assert index.keyword_search("title7", 10) == []
+    found = index.keyword_search("the of and a", 1000)
+    assert not doomed & {c for c, _ in found}
+    assert_same(found, fts5_truth(index.path, "the of and a", 1000))
+    assert fts5_calls == []
+
+
+def test_noop_sync_keeps_the_file_and_an_empty_index_works(index, tmp_path):
+    file = index.path / KEYWORDS_FILE
+    before = stamp(file)
+    index.sync_vectors()
+    assert stamp(file) == before
+    with Index.create(tmp_path / "empty", SETTINGS) as empty:
+        empty.sync_vectors()
+        assert keywords.load(empty.path / KEYWORDS_FILE).chunk_ids.size == 0
+        assert empty.keyword_search("fox", 5) == []
+
+
+def test_create_overwrite_removes_an_old_file(index):
+    index.close()
+    with Index.create(index.path, SETTINGS, overwrite=True) as fresh:
+        assert not (fresh.path / KEYWORDS_FILE).exists()
+
+
+def test_build_writes_it_and_a_noop_build_does_not(tmp_path, tiny_path, tiny):
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    for n in range(4):
+        (corpus_dir / f"doc{n}.md").write_text(f"# Comets {n}\n\nComets are running by {n}.\n")
+    path, settings = tmp_path / "index", BuildSettings(model=str(tiny_path))
+    build([corpus_dir], path, settings, model=tiny)
+    file = path / KEYWORDS_FILE
+    first = stamp(file)
+    build([corpus_dir], path, settings, model=tiny)
+    assert stamp(file) == first
+    (corpus_dir / "doc1.md").write_text("# Changed\n\nTelescopes instead.\n")
+    build([corpus_dir], path, settings, model=tiny)
+    assert stamp(file) != first
+    with Index.open(path, readonly=True) as reader:
+        assert keywords.read_generation(file) == reader.generation
+        assert_same(reader.keyword_search("telescope comets", 10),
+                    fts5_truth(path, "telescope comets", 10))  # fmt: skip
+    after_build = stamp(file)
+    assert delete_documents(path, ["doc1.md"]) == 1
+    assert stamp(file) != after_build
+    with Index.open(path, readonly=True) as reader:
+        assert reader.keyword_search("telescopes", 10) == []
+    assert os.path.getsize(file) > 0

@@ -18,6 +18,7 @@ import json
 import logging
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -50,6 +51,8 @@ INDEX_FILE = "index.sqlite"
 VECTORS_FILE = "vectors.faiss"
 KEYWORDS_FILE = "keywords.bm25"
 BUSY_TIMEOUT_MS = 30_000
+#: How many recent ``where`` filters keep their matching chunk ids in memory.
+MATCHING_CACHE = 8
 #: FTS5 column weights for bm25(): chunk text, document title.
 TEXT_WEIGHT, TITLE_WEIGHT = 1.0, 0.5
 _JSON_KINDS = {"integer": "number", "real": "number", "text": "text", "true": "bool"}
@@ -164,6 +167,8 @@ class Index:
         self._keywords: keywords.KeywordMatrix | None = None
         self._unreadable: tuple[int, int, int] | None = None  # a keywords file that failed
         self._fields: tuple[int, dict[str, str]] | None = None
+        # (generation, repr(where)) -> the matching chunk ids, for the last few filters
+        self._matching: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         row = self._collection()
         self.settings = CollectionSettings(
             **{k: row[k] for k in CollectionSettings.__annotations__}
@@ -520,16 +525,30 @@ class Index:
 
     @_locked
     def matching_chunk_ids(self, where: Mapping[str, Any]) -> np.ndarray:
-        """Sorted int64 ids of the chunks whose document matches ``where``."""
-        condition, params = self._filter_sql(where)
-        rows = self._db.execute(
-            # CROSS JOIN: filter documents first, then chunk ids from the doc_id index
-            # (never scan chunks, whose rows carry the embeddings)
-            "SELECT c.id FROM documents d CROSS JOIN chunks c ON c.doc_id = d.id "
-            f"WHERE {condition} ORDER BY c.id",
-            params,
-        ).fetchall()
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        """Sorted int64 ids (read-only) of the chunks whose document matches ``where``.
+
+        The last :data:`MATCHING_CACHE` filters are remembered per generation, so a filter
+        repeated across queries (a page's facets, a RAG app's scope) costs one lookup.
+        """
+        with self._snapshot():
+            key = (self.generation, repr(where))  # repr keeps 2021 and "2021" apart
+            if key in self._matching:
+                self._matching.move_to_end(key)
+                return self._matching[key]
+            condition, params = self._filter_sql(where)
+            rows = self._db.execute(
+                # CROSS JOIN: filter documents first, then chunk ids from the doc_id index
+                # (never scan chunks, whose rows carry the embeddings)
+                "SELECT c.id FROM documents d CROSS JOIN chunks c ON c.doc_id = d.id "
+                f"WHERE {condition} ORDER BY c.id",
+                params,
+            ).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        ids.flags.writeable = False
+        self._matching[key] = ids
+        while len(self._matching) > MATCHING_CACHE:
+            self._matching.popitem(last=False)
+        return ids
 
     # -- search ------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from instructor_search.errors import (
     IndexStoreError,
 )
 from instructor_search.migrations import MIGRATIONS, SCHEMA_VERSION
-from instructor_search.store import CollectionSettings, Index, IndexStats
+from instructor_search.store import MATCHING_CACHE, CollectionSettings, Index, IndexStats
 
 DIM = 16
 SETTINGS = CollectionSettings(
@@ -226,6 +226,20 @@ def test_fields_and_filters(index):
     with pytest.raises(FilterError):
         index.matching_chunk_ids({"year": {"=": [1, 2]}})
     assert docs({"year": np.int64(2021)}) == ["a/two.pdf"]  # numpy scalars are fine
+
+
+def test_filter_results_are_remembered_per_generation(index, rng):
+    first = index.matching_chunk_ids({"lang": "en"})
+    assert index.matching_chunk_ids({"lang": "en"}) is first  # the same filter: no new lookup
+    assert not first.flags.writeable
+    assert index.matching_chunk_ids({"year": 2021}).size == 2
+    assert index.matching_chunk_ids({"year": "2021"}).size == 0  # a string is another filter
+    index.upsert([item("c/four.md", ["new english text"], rng, "Four", lang="en")])
+    after = index.matching_chunk_ids({"lang": "en"})  # a write: a new generation, a new lookup
+    assert after.size == first.size + 1
+    for n in range(MATCHING_CACHE + 1):
+        index.matching_chunk_ids({"year": n})
+    assert index.matching_chunk_ids({"lang": "en"}) is not after  # the oldest was forgotten
 
 
 def test_odd_metadata_keys(index, rng):

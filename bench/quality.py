@@ -63,6 +63,7 @@ def build_index(
             and index.settings.chunk_tokens == chunk_tokens
         ):
             log(f"reusing {folder}")
+            index.sync_derived()  # an index cached by an older version may lack keywords.bm25
             return index
         index.close()
     settings = CollectionSettings(
@@ -104,7 +105,7 @@ def build_index(
         index.upsert(rows)
         done = start + len(batch)
         log(f"  embedded {done}/{len(documents)} documents ({time.perf_counter() - started:.0f} s)")
-    index.sync_vectors()
+    index.sync_derived()
     return index
 
 

@@ -102,7 +102,7 @@ def synthetic_index(
                 rows.append((doc, [Chunk(0, text, 0, len(text), 200)], noisy[row : row + 1]))
             index.upsert(rows)
         log(f"  stored {size} chunks ({time.perf_counter() - started:.0f} s); building vectors")
-        index.sync_vectors()
+        index.sync_derived()
         log(f"  {index.stats().index_type}, recall@10 {index.stats().recall_at_10}")
     return path
 
@@ -112,13 +112,13 @@ def keyword_file(path: Path) -> str:
     (path / KEYWORDS_FILE).unlink(missing_ok=True)
     with Index.open(path) as index:
         started = time.perf_counter()
-        index.sync_vectors()  # vectors.faiss is current: only keywords.bm25 is written
+        index.sync_derived()  # vectors.faiss is current: only keywords.bm25 is written
         seconds = time.perf_counter() - started
     megabytes = (path / KEYWORDS_FILE).stat().st_size / 1e6
     return f"keywords.bm25 written in {seconds:.1f} s, {megabytes:.0f} MB on disk"
 
 
-def timed(call, items: list[str], warmup: int = 20) -> list[float]:
+def timed(call, items: list, warmup: int = 20) -> list[float]:
     for text in items[:warmup]:
         call(text)
     times = []
@@ -154,12 +154,15 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--modes", nargs="*", default=["dense", "hybrid", "keyword"])
     parser.add_argument("--no-txtai", action="store_true")
+    parser.add_argument(
+        "--backend", choices=["auto", "torch"], default="auto", help="the query encoder's backend"
+    )
     args = parser.parse_args()
 
     import faiss
     import torch
 
-    model = Instructor()
+    model = Instructor(backend=args.backend)
     texts = passages(PASSAGES)
     base = base_vectors(args.workdir, model, texts)
     items = queries()[: args.queries + 20]
@@ -167,7 +170,8 @@ def main() -> None:
     print(
         f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__}, "
-        f"model {model.model_name}\n"
+        f"model {model.model_name}, backend {model.backend} ({args.backend} requested), "
+        f"precision {model.precision}\n"
     )
     print(
         f"load average before the run: {os.getloadavg()[0]:.2f} (2 cores: above ~0.5 means "
@@ -181,6 +185,9 @@ def main() -> None:
         path = synthetic_index(args.workdir / f"latency-{size}", size, model, texts, base)
         notes.append(f"{size:,} chunks: {keyword_file(path)}")  # also for indexes cached before
         with Retriever(path, model) as retriever:
+            groups = [{"group": g} for g in range(10)]  # each filter new: no remembered ids
+            times = timed(lambda w: retriever.index.matching_chunk_ids(w), groups, warmup=0)
+            print(row(f"{size:,} chunks, first lookup of a filter's chunk ids", times), flush=True)
             for where in (None, {"group": 3}):
                 times = timed(
                     lambda q, w=where: retriever.index.keyword_search(q, MIN_CANDIDATES, w), items

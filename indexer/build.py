@@ -169,7 +169,7 @@ def _run(
             _embed_and_store(
                 index, the_model(), collection, settings, pending, report, show_progress
             )
-        index.sync_vectors()
+        index.sync_derived()
         stats = index.stats()
         report.documents_total, report.chunks_total = stats.documents, stats.chunks
     finally:
@@ -405,7 +405,7 @@ def delete_documents(index_path: str | os.PathLike[str], doc_ids: Iterable[str])
     """Remove documents (and their chunks) from an index; returns how many were there."""
     with Index.open(index_path) as index:
         removed = index.delete(list(doc_ids))
-        index.sync_vectors()
+        index.sync_derived()
     return removed
 
 

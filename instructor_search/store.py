@@ -7,7 +7,7 @@ float32 embeddings and an FTS5 keyword index. ``vectors.faiss`` is derived from 
 whenever it is missing, stale (another generation) or unreadable. ``keywords.bm25`` (the
 keyword matrix, :mod:`instructor_search.keywords`) answers keyword searches with FTS5's exact
 BM25 scores; while it is missing, stale or unreadable FTS5 answers, until a writer's
-:meth:`Index.sync_vectors` rewrites it. Every committed change bumps ``collection.generation``;
+:meth:`Index.sync_derived` rewrites it. Every committed change bumps ``collection.generation``;
 a search reads the generation, the vectors and the filter in one SQLite read snapshot, so
 readers in other processes never see a half-written state.
 """
@@ -715,7 +715,7 @@ class Index:
         log.info("wrote %s (%.1f MB)", file, file.stat().st_size / 1e6)
 
     @_locked
-    def sync_vectors(self) -> None:
+    def sync_derived(self) -> None:
         """Make the derived files, ``vectors.faiss`` and ``keywords.bm25``, match the current
         generation (a build calls this at its end; a no-op when they already do)."""
         if self.readonly:

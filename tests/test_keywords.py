@@ -92,7 +92,7 @@ def corpus(count: int, seed: int = 0) -> list[tuple[Document, list[Chunk], np.nd
 def index(tmp_path):
     with Index.create(tmp_path / "idx", SETTINGS) as ix:
         ix.upsert(corpus(120))
-        ix.sync_vectors()
+        ix.sync_derived()
         yield ix
 
 
@@ -241,7 +241,7 @@ def test_damaged_file_falls_back_to_fts5(index, damage, fts5_calls, caplog, tmp_
     elif damage == "another index's":  # same generation, other chunks
         with Index.create(tmp_path / "other", SETTINGS) as other:
             other.upsert(corpus(3))
-            other.sync_vectors()
+            other.sync_derived()
             assert other.generation == index.generation
         file.write_bytes((tmp_path / "other" / KEYWORDS_FILE).read_bytes())
     elif damage == "stale":
@@ -260,7 +260,7 @@ def test_damaged_file_falls_back_to_fts5(index, damage, fts5_calls, caplog, tmp_
     assert len(warnings) == (damage in ("truncated", "flipped", "another index's"))  # once
     assert file.exists() == (damage != "missing")  # a reader never writes it
     with Index.open(index.path) as writer:
-        writer.sync_vectors()  # what a build does at its end: rewrite it
+        writer.sync_derived()  # what a build does at its end: rewrite it
         assert keywords.read_generation(file) == writer.generation
     fts5_calls.clear()
     with Index.open(index.path, readonly=True) as reader:
@@ -277,7 +277,7 @@ def test_changes_use_fts5_until_synced_then_the_new_file(index, fts5_calls):
     assert len(found) == 1 and found == fts5_truth(index.path, "zebra", 3)
     assert len(fts5_calls) == 1  # the file holds the previous generation
     before = stamp(index.path / KEYWORDS_FILE)
-    index.sync_vectors()
+    index.sync_derived()
     assert stamp(index.path / KEYWORDS_FILE) != before
     fts5_calls.clear()
     assert_same(reader.keyword_search("zebra run", 20), fts5_truth(index.path, "zebra run", 20))
@@ -289,7 +289,7 @@ def test_delete_is_reflected(index, fts5_calls):
     doomed = {c for c, _ in index.keyword_search("title7", 10)}
     assert doomed
     index.delete(["d007"])
-    index.sync_vectors()
+    index.sync_derived()
     assert index.keyword_search("title7", 10) == []
     found = index.keyword_search("the of and a", 1000)
     assert not doomed & {c for c, _ in found}
@@ -300,10 +300,10 @@ def test_delete_is_reflected(index, fts5_calls):
 def test_noop_sync_keeps_the_file_and_an_empty_index_works(index, tmp_path):
     file = index.path / KEYWORDS_FILE
     before = stamp(file)
-    index.sync_vectors()
+    index.sync_derived()
     assert stamp(file) == before
     with Index.create(tmp_path / "empty", SETTINGS) as empty:
-        empty.sync_vectors()
+        empty.sync_derived()
         assert keywords.load(empty.path / KEYWORDS_FILE).chunk_ids.size == 0
         assert empty.keyword_search("fox", 5) == []
 

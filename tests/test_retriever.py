@@ -107,7 +107,7 @@ def make_index(
         offset += len(chunks)
     with Index.create(path, settings) as index:
         index.upsert(batch)
-        index.sync_vectors()
+        index.sync_derived()
     return path
 
 
@@ -339,7 +339,7 @@ def _writer(path: str, vectors: np.ndarray, start, searched, done) -> None:
                 row += 1
             index.upsert(items)
             if batch % 3 == 0:
-                index.sync_vectors()  # a new vectors.faiss generation for the readers
+                index.sync_derived()  # a new vectors.faiss generation for the readers
     done.set()
 
 

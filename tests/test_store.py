@@ -277,7 +277,7 @@ def big(tmp_path, rng):
         tag = "rare" if i % 420 == 7 else "common"
         batch.append(item(f"d{i}.md", [f"doc {i} part one", f"doc {i} part two"], rng, tag=tag))
     ix.upsert(batch)
-    ix.sync_vectors()
+    ix.sync_derived()
     yield ix
     ix.close()
 
@@ -306,7 +306,7 @@ def test_filtered_search_returns_k_when_k_match(big, rng):
 def test_hnsw_index_through_the_store(big, rng, monkeypatch):
     monkeypatch.setattr(vectors, "FLAT_MAX", 1000)
     big.upsert([item("extra.md", ["one more"], rng, tag="rare")])  # new generation: rebuild
-    big.sync_vectors()
+    big.sync_derived()
     stats = big.stats()
     assert stats.index_type.startswith("hnsw32,ef=") and stats.recall_at_10 >= 0.95
     assert vectors.read_generation(big.path / "vectors.faiss") == stats.generation

@@ -54,7 +54,7 @@ def main() -> None:
         model = Instructor()
         print(
             f"model {model.model_name}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
-            f"{platform.machine()}  backend {getattr(model, 'backend', 'torch')}"
+            f"{platform.machine()}  backend {model.backend}  precision {model.precision}"
         )
         corpus = work / "passages.jsonl"
         write_records(corpus, args.corpus, args.passages)

@@ -21,7 +21,7 @@ import numpy as np
 from . import fidelity, onnx_backend, profiles
 from .checkpoints import Checkpoint, ModuleSpec, resolve
 from .errors import InputError, ModelError
-from .precision import BF16_MIN_BATCH_TOKENS, use_bf16
+from .precision import BF16_MIN_BATCH_TOKENS, store_linear_weights_in_bf16, use_bf16
 from .st_modules import load_dense, pool, pooling_modes
 
 if TYPE_CHECKING:
@@ -142,6 +142,8 @@ class Instructor:
             reference=reference,
             candidate=lambda: self._embed_calibration(None, bf16=True),
         )
+        if self._bf16:  # from here on the torch encoder runs in bf16 only
+            store_linear_weights_in_bf16(self.encoder)
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -178,7 +180,7 @@ class Instructor:
     @property
     def precision(self) -> str:
         """``"bf16"`` when large batches run in bf16 (see :mod:`.precision`), else ``"fp32"``."""
-        return "bf16" if self._bf16 and self.device == "cpu" else "fp32"
+        return "bf16" if self._bf16 else "fp32"
 
     @property
     def uses_instructions(self) -> bool:
@@ -396,6 +398,11 @@ class Instructor:
         return np.empty((0, self.dimension), dtype=np.float32) if convert_to_numpy else []
 
     def _move_to(self, device: str) -> None:
+        if device != self.device and self._bf16:
+            raise InputError(
+                f"This model runs in bf16 on the CPU and cannot move to {device}: load it with "
+                f"Instructor(..., device={device!r}) or precision='fp32'"
+            )
         if device != self.device:
             self.encoder.to(device)
             for dense in self._dense:

@@ -55,6 +55,20 @@ def test_bf16_embeds_like_fp32_but_not_bit_for_bit(bundled_bf16, bundled_fp32):
     assert float(np.abs(got - want).max()) > 1e-6  # the batches really ran in bf16
 
 
+def test_bf16_weights_are_stored_once_with_the_same_results(tiny_path, tiny):
+    """Linear weights kept in bf16 give bitwise autocast's results on the fp32 weights."""
+    import torch
+
+    model = Instructor(str(tiny_path), device="cpu", backend="torch", precision="bf16")
+    linear = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear and all(m.weight.dtype == torch.bfloat16 for m in linear)
+    stored = model._embed_calibration(None, bf16=True)
+    cast_per_call = tiny._embed_calibration(None, bf16=True)  # tiny: fp32 weights
+    assert np.array_equal(stored, cast_per_call)
+    with pytest.raises(InputError, match="runs in bf16 on the CPU"):
+        model.encode(["x"], device="cuda")
+
+
 def test_small_batches_stay_fp32(bundled_bf16, bundled_fp32):
     """A query is below the bf16 batch size: it runs in fp32, on ONNX Runtime when loaded."""
     query = ["do statins cause diabetes"]

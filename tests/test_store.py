@@ -282,7 +282,7 @@ def big(tmp_path, rng):
     ix.close()
 
 
-def test_filtered_search_returns_k_when_k_match(big, rng):
+def test_filtered_search_returns_k_when_k_match(big, rng, monkeypatch):
     rare = big.matching_chunk_ids({"tag": "rare"})
     assert len(rare) == 12 and big.stats().chunks == 5000
     queries = unit(rng, 5)
@@ -292,6 +292,7 @@ def test_filtered_search_returns_k_when_k_match(big, rng):
         assert np.all(np.diff(row_scores) <= 1e-6)
     _, ids = big.search_vectors(queries, 20, where={"tag": "rare"})
     assert (ids[:, :12] >= 0).all() and (ids[:, 12:] == -1).all()
+    monkeypatch.setattr(vectors, "EXACT_FILTER_MAX", 1000)
     common = big.matching_chunk_ids({"tag": "common"})  # > EXACT_FILTER_MAX: FAISS selector
     assert len(common) > vectors.EXACT_FILTER_MAX
     _, ids = big.search_vectors(queries, 10, where={"tag": "common"})
@@ -315,8 +316,12 @@ def test_hnsw_index_through_the_store(big, rng, monkeypatch):
     _, ids = big.search_vectors(queries, 10, where={"tag": ["rare"]})
     for q, row in zip(queries, ids, strict=True):
         assert row.tolist() == brute_force(big, rare, q, 10)
-    _, ids = big.search_vectors(queries, 10, where={"tag": "common"})
-    assert (ids >= 0).all()
+    monkeypatch.setattr(vectors, "EXACT_FILTER_MAX", 500)  # a 20% filter: HNSW + a selector
+    fifth = {"doc_id": [f"d{i}.md" for i in range(0, 2500, 5)]}
+    allowed = set(big.matching_chunk_ids(fifth).tolist())
+    assert len(allowed) == 1000
+    _, ids = big.search_vectors(queries, 10, where=fifth)
+    assert (ids >= 0).all() and set(ids.ravel().tolist()) <= allowed
     with Index.open(big.path, readonly=True) as reader:  # loads the HNSW file as written
         assert reader.search_vectors(queries, 10)[1].shape == (3, 10)
 

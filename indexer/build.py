@@ -67,6 +67,9 @@ class BuildReport:
     documents_total: int = 0
     chunks_total: int = 0
     seconds: float = 0.0
+    #: How chunks were embedded when any were: ``Instructor.backend`` and ``.precision``.
+    backend: str | None = None
+    precision: str | None = None
     failures: list[ReadFailure] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
@@ -175,6 +178,8 @@ def _run(
     finally:
         index.close()
     report.seconds = round(time.perf_counter() - started, 3)
+    if report.chunks_embedded:
+        report.backend, report.precision = loaded[0].backend, loaded[0].precision
     return report
 
 

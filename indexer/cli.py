@@ -211,13 +211,20 @@ def build(
             f"{index_path}: {report.documents_added} added, {report.documents_updated} updated, "
             f"{report.documents_deleted} deleted, {report.documents_unchanged} unchanged, "
             f"{report.documents_failed} failed; {report.chunks_embedded} chunks embedded "
-            f"in {report.seconds:.1f}s. Now {report.documents_total} documents, "
-            f"{report.chunks_total} chunks."
+            f"in {report.seconds:.1f}s{_encoder(report)}. Now {report.documents_total} "
+            f"documents, {report.chunks_total} chunks."
         )
         if report.skipped:
             click.echo(f"skipped {len(report.skipped)} files of unknown type (-v lists them)")
     if report.documents_failed:
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _encoder(report: Any) -> str:
+    """`` (--backend onnx --precision bf16)``: how a build's chunks were embedded, if any were."""
+    if not report.backend:
+        return ""
+    return f" (--backend {report.backend} --precision {report.precision})"
 
 
 @cli.command()

@@ -75,10 +75,12 @@ def test_build_then_noop_then_incremental(tmp_path, settings, tiny):
     first = build([corpus], index, settings, model=tiny)
     assert (first.documents_added, first.documents_total) == (6, 6)
     assert first.chunks_embedded == first.chunks_total > 0
+    assert (first.backend, first.precision) == (tiny.backend, "fp32")  # reported with the counts
     assert set(first.to_dict()) >= REPORT_KEYS
 
     again = build([corpus], index, settings, model=tiny)
     assert (again.chunks_embedded, again.documents_unchanged, again.documents_added) == (0, 6, 0)
+    assert again.backend is None  # nothing embedded: no encoder to report
 
     (corpus / "doc001.md").write_text("# Changed\n\nEntirely new words about telescopes.")
     (corpus / "doc002.md").unlink()

@@ -3,19 +3,16 @@
 
 :class:`Index` owns the schema (see :mod:`instructor_search.migrations`); callers never write
 SQL against it. ``index.sqlite`` holds collection settings, documents, chunks with their
-float32 embeddings and an FTS5 keyword index. ``vectors.faiss`` is derived from it and rebuilt
-whenever it is missing, stale (another generation) or unreadable. ``keywords.bm25`` (the
-keyword matrix, :mod:`instructor_search.keywords`) answers keyword searches with FTS5's exact
-BM25 scores; while it is missing, stale or unreadable FTS5 answers, until a writer's
-:meth:`Index.sync_derived` rewrites it. Every committed change bumps ``collection.generation``;
-a search reads the generation, the vectors and the filter in one SQLite read snapshot, so
-readers in other processes never see a half-written state.
+float32 embeddings and an FTS5 keyword index. ``vectors.faiss`` and ``keywords.bm25`` are
+derived from it (:mod:`instructor_search.derived`: rebuilt, or answered by FTS5, whenever
+missing, stale or unreadable). Every committed change bumps ``collection.generation``; a search
+reads the generation, the vectors and the filter in one SQLite read snapshot, so readers in
+other processes never see a half-written state.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -31,7 +28,7 @@ import numpy as np
 import sqlite_utils
 
 from . import keywords
-from . import vectors as vector_files
+from .derived import INDEX_FILE, KEYWORDS_FILE, VECTORS_FILE, DerivedFiles
 from .documents import Chunk, Document
 from .errors import (
     FilterError,
@@ -43,13 +40,8 @@ from .errors import (
 )
 from .filters import BUILTIN_FIELDS, where_sql
 from .migrations import SCHEMA_VERSION, migrate, pending_migrations
-from .vectors import VectorFileError, Vectors, build_vector_index
+from .vectors import VectorIndexInfo
 
-log = logging.getLogger(__name__)
-
-INDEX_FILE = "index.sqlite"
-VECTORS_FILE = "vectors.faiss"
-KEYWORDS_FILE = "keywords.bm25"
 BUSY_TIMEOUT_MS = 30_000
 #: How many recent ``where`` filters keep their matching chunk ids in memory.
 MATCHING_CACHE = 8
@@ -162,10 +154,6 @@ class Index:
         self.readonly = readonly
         self._db = db
         self._lock = threading.RLock()
-        self._vectors: tuple[int, Vectors] | None = None
-        self._unsaved: vector_files.VectorIndexInfo | None = None  # rebuilt, not yet written
-        self._keywords: keywords.KeywordMatrix | None = None
-        self._unreadable: tuple[int, int, int] | None = None  # a keywords file that failed
         self._fields: tuple[int, dict[str, str]] | None = None
         # (generation, repr(where)) -> the matching chunk ids, for the last few filters
         self._matching: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
@@ -173,6 +161,8 @@ class Index:
         self.settings = CollectionSettings(
             **{k: row[k] for k in CollectionSettings.__annotations__}
         )
+        weights = {"text": TEXT_WEIGHT, "title": TITLE_WEIGHT}
+        self._derived = DerivedFiles(path, db, self.settings.dimension, weights)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -552,54 +542,19 @@ class Index:
 
     # -- search ------------------------------------------------------------------------------
 
-    def _load_vectors(self, generation: int) -> Vectors:
-        """The ANN index for ``generation`` (inside a snapshot): cached, from the file, or
-        rebuilt from the embeddings in SQLite."""
-        if self._vectors is not None and self._vectors[0] == generation:
-            return self._vectors[1]
-        file = self.path / VECTORS_FILE
-        file_generation = vector_files.read_generation(file)
-        vectors: Vectors | None = None
-        if file_generation == generation:
-            try:
-                index, _ = vector_files.load(file)
-                count = self._db.execute("SELECT count(*) FROM chunks").fetchone()[0]
-                if index.d == self.settings.dimension and index.ntotal == count:
-                    vectors = Vectors(index)
-                else:
-                    log.warning("%s does not match %s; rebuilding it", file, INDEX_FILE)
-            except (OSError, VectorFileError) as exc:
-                log.warning("%s is unreadable (%s); rebuilding it from %s", file, exc, INDEX_FILE)
-        else:
-            log.info("%s is missing or stale (generation %s, index at %s); rebuilding it from %s",
-                     file, file_generation, generation, INDEX_FILE)  # fmt: skip
-        self._unsaved = None
-        if vectors is None:
-            rows = self._db.execute("SELECT id, embedding FROM chunks ORDER BY id").fetchall()
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
-            index, self._unsaved = build_vector_index(
-                ids, matrix.reshape(len(rows), self.settings.dimension)
-            )
-            vectors = Vectors(index)
-        self._vectors = (generation, vectors)
-        return vectors
-
     def _persist(self, force: bool = False) -> None:
         """Writer side, outside a snapshot: write a rebuilt ``vectors.faiss`` and record its
         index type and recall (a read-only Index keeps its rebuild in memory)."""
-        if self.readonly or self._vectors is None or self._db.conn.in_transaction:
+        if self.readonly or self._db.conn.in_transaction:
             return
-        if self._unsaved is None and not force:
-            return
-        vector_files.save(self._vectors[1].index, self.path / VECTORS_FILE, self._vectors[0])
-        if self._unsaved is not None:
-            with self._write():
-                self._db.execute(
-                    "UPDATE collection SET index_type = ?, recall_at_10 = ? WHERE id = 1",
-                    [self._unsaved.index_type, self._unsaved.recall_at_10],
-                )
-            self._unsaved = None
+        self._derived.save_vectors(self._record_vector_index, force)
+
+    def _record_vector_index(self, info: VectorIndexInfo) -> None:
+        with self._write():
+            self._db.execute(
+                "UPDATE collection SET index_type = ?, recall_at_10 = ? WHERE id = 1",
+                [info.index_type, info.recall_at_10],
+            )
 
     @_locked
     def search_vectors(
@@ -620,40 +575,10 @@ class Index:
                 f"{self.settings.dimension}-dimensional vectors of model {self.settings.model!r}"
             )
         with self._snapshot():
-            vectors = self._load_vectors(self.generation)
+            vectors = self._derived.vectors(self.generation)
             allowed = self.matching_chunk_ids(where) if where else None
         self._persist()
         return vectors.search(matrix, int(k), allowed)
-
-    def _keyword_matrix(self, generation: int) -> keywords.KeywordMatrix | None:
-        """The keyword matrix of ``generation`` (inside a snapshot): cached, or loaded from
-        ``keywords.bm25``; ``None`` when that file is missing, stale or unreadable."""
-        if self._keywords is not None and self._keywords.generation == generation:
-            return self._keywords
-        file = self.path / KEYWORDS_FILE
-        if keywords.read_generation(file) != generation:
-            return None
-        try:
-            stat = file.stat()
-        except OSError:
-            return None
-        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if stamp == self._unreadable:  # warned about this very file already
-            return None
-        try:
-            matrix = keywords.load(file)
-            (count,) = self._db.execute("SELECT count(*) FROM chunks").fetchone()
-            if matrix.generation == generation and len(matrix.chunk_ids) != count:
-                raise keywords.KeywordMatrixError(f"{len(matrix.chunk_ids)} rows, {count} chunks")
-        except (OSError, keywords.KeywordMatrixError) as exc:
-            log.warning("%s is unreadable (%s); FTS5 answers keyword searches until a build "
-                        "rewrites it", file, exc)  # fmt: skip
-            self._unreadable = stamp
-            return None
-        if matrix.generation != generation:  # replaced by a writer since its header was read
-            return None
-        self._keywords = matrix
-        return matrix
 
     @_locked
     def keyword_search(
@@ -671,7 +596,7 @@ class Index:
         if not words:
             return []
         with self._snapshot():
-            matrix = self._keyword_matrix(self.generation)
+            matrix = self._derived.keywords(self.generation)
             allowed = self.matching_chunk_ids(where) if where and matrix else None
             found = matrix.search(words, int(k), allowed) if matrix else None
             if found is not None:
@@ -696,24 +621,6 @@ class Index:
         rows = self._db.execute(f"{sql} ORDER BY {bm25} LIMIT ?", [*params, k]).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]
 
-    def _sync_keywords(self) -> None:
-        """Writer side: rebuild ``keywords.bm25`` from FTS5 unless it holds this generation
-        and is readable."""
-        file = self.path / KEYWORDS_FILE
-        with self._snapshot():
-            generation = self.generation
-            if self._keyword_matrix(generation) is not None:
-                return
-            weights = {"text": TEXT_WEIGHT, "title": TITLE_WEIGHT}
-            try:
-                matrix = keywords.build(self._db.conn, "chunks_fts", weights, generation)
-            except (keywords.KeywordMatrixError, sqlite3.Error) as exc:
-                log.warning("keyword matrix not built (%s); FTS5 answers keyword searches", exc)
-                return
-        keywords.save(matrix, file)
-        self._keywords = matrix
-        log.info("wrote %s (%.1f MB)", file, file.stat().st_size / 1e6)
-
     @_locked
     def sync_derived(self) -> None:
         """Make the derived files, ``vectors.faiss`` and ``keywords.bm25``, match the current
@@ -722,14 +629,17 @@ class Index:
             raise IndexStoreError(f"{self.path} was opened read-only")
         with self._snapshot():
             generation = self.generation
-            self._load_vectors(generation)
-        self._persist(force=vector_files.read_generation(self.path / VECTORS_FILE) != generation)
-        self._sync_keywords()
+            self._derived.vectors(generation)
+        self._persist(force=self._derived.vectors_file_is_stale(generation))
+        with self._snapshot():
+            matrix = self._derived.build_keywords(self.generation)
+        if matrix is not None:
+            self._derived.save_keywords(matrix)
 
     def close(self) -> None:
         """Close the database connection."""
         with self._lock:
-            self._vectors = self._keywords = None
+            self._derived.close()
             self._db.close()
 
     def __enter__(self) -> Index:

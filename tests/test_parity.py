@@ -10,7 +10,9 @@ from instructor_search import Instructor
 
 def _model_for(call, tiny, tiny_without_normalize):
     model = (
-        tiny if call["modules"] == "all" else Instructor(str(tiny_without_normalize), device="cpu", precision="fp32")
+        tiny
+        if call["modules"] == "all"
+        else Instructor(str(tiny_without_normalize), device="cpu", precision="fp32")
     )
     model.max_seq_length = call["max_seq_length"]
     return model

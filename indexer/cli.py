@@ -22,6 +22,8 @@ import click
 from instructor_search import __version__
 from instructor_search.errors import InstructorSearchError
 
+from .chunking import ChunkSettings
+
 EXIT_ERROR = 1
 EXIT_SOME_FAILED = 3
 
@@ -113,12 +115,15 @@ def cli(verbose: bool) -> None:
 )
 @click.option(
     "--chunk-tokens",
-    default=256,
+    default=ChunkSettings.chunk_tokens,
     show_default=True,
     help="Most tokens of text per chunk (capped by the model).",
 )
 @click.option(
-    "--chunk-overlap", default=32, show_default=True, help="Tokens shared by consecutive chunks."
+    "--chunk-overlap",
+    default=ChunkSettings.chunk_overlap,
+    show_default=True,
+    help="Tokens shared by consecutive chunks.",
 )
 @click.option(
     "--include", multiple=True, help="Only files matching this glob (repeatable), e.g. '**/*.md'."
@@ -184,7 +189,6 @@ def build(
     """
     from .build import BuildSettings
     from .build import build as run_build
-    from .chunking import ChunkSettings
     from .readers import ReaderSettings
 
     settings = BuildSettings(

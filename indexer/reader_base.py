@@ -1,0 +1,87 @@
+"""What every reader shares: the file it is handed and what it hands back.
+
+A reader gets a :class:`_File` (found by the scan, with its :class:`ReaderSettings`) and yields
+``Document``s and :class:`ReadFailure`s; a file it cannot read at all raises :class:`_Bad`, which
+the scan turns into a ``ReadFailure``. :func:`_decode` is the UTF-8 text of a file, for readers of
+whole files. The public types are importable from :mod:`.readers`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+_SNIFF_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class ReaderSettings:
+    """Which files a scan reads, and how CSV records are laid out.
+
+    ``include``/``exclude`` are glob patterns (fnmatch, where ``**/`` may also match no folder)
+    on the path relative to the source root; an empty ``include`` reads every file. The CSV id
+    column defaults to ``_id`` or ``id`` when the header has one, else ``<path>:<row number>``.
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    csv_text_column: str = "text"
+    csv_id_column: str | None = None
+
+
+@dataclass(frozen=True)
+class ReadFailure:
+    """A file (or one record of it) that could not be read.
+
+    ``path`` is relative to the source root (POSIX slashes); ``line`` is the line of a broken
+    JSONL/CSV record or of a JSON syntax error; ``reason`` says what is wrong and what to do.
+    """
+
+    path: str
+    line: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file the scan passed over (e.g. of an unknown type)."""
+
+    path: str
+    reason: str
+
+
+class _Bad(Exception):
+    """A file (or one record) that cannot be read: ``args`` are (reason, line)."""
+
+    def __init__(self, reason: str, line: int | None = None) -> None:
+        super().__init__(reason, line)
+
+
+@dataclass(frozen=True)
+class _File:
+    """A file found by the scan."""
+
+    path: Path  # absolute, symlinks kept
+    rel: str  # relative to the source root, POSIX slashes
+    ext: str  # lowercase, with the dot
+    folder: str  # the relative parent folder, "" at the root
+    size: int
+    mtime: float
+    settings: ReaderSettings
+
+
+def _refuse_binary(head: bytes) -> None:
+    if b"\x00" in head[:_SNIFF_BYTES]:
+        raise _Bad("binary file (NUL bytes); if it is UTF-16 text, convert it to UTF-8")
+
+
+def _decode(data: bytes) -> str:
+    """UTF-8 text of a file (a BOM dropped); binary, non-UTF-8 and empty files are refused."""
+    _refuse_binary(data)
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise _Bad(f"not valid UTF-8 at byte {exc.start}; convert it to UTF-8") from None
+    if not text.strip():
+        raise _Bad("empty file")
+    return text

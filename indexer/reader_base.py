@@ -1,9 +1,9 @@
 """What every reader shares: the file it is handed and what it hands back.
 
-A reader gets a :class:`_File` (found by the scan, with its :class:`ReaderSettings`) and yields
-``Document``s and :class:`ReadFailure`s; a file it cannot read at all raises :class:`_Bad`, which
-the scan turns into a ``ReadFailure``. :func:`_decode` is the UTF-8 text of a file, for readers of
-whole files. The public types are importable from :mod:`.readers`.
+A reader gets a :class:`FoundFile` (found by the scan, with its :class:`ReaderSettings`) and
+yields ``Document``s and :class:`ReadFailure`s; a file it cannot read at all raises
+:class:`Unreadable`, which the scan turns into a ``ReadFailure``. :func:`decode_text` is the UTF-8
+text of a file, for readers of whole files. The public types are importable from :mod:`.readers`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-_SNIFF_BYTES = 8192
+SNIFF_BYTES = 8192
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Skipped:
     reason: str
 
 
-class _Bad(Exception):
+class Unreadable(Exception):
     """A file (or one record) that cannot be read: ``args`` are (reason, line)."""
 
     def __init__(self, reason: str, line: int | None = None) -> None:
@@ -58,7 +58,7 @@ class _Bad(Exception):
 
 
 @dataclass(frozen=True)
-class _File:
+class FoundFile:
     """A file found by the scan."""
 
     path: Path  # absolute, symlinks kept
@@ -70,18 +70,19 @@ class _File:
     settings: ReaderSettings
 
 
-def _refuse_binary(head: bytes) -> None:
-    if b"\x00" in head[:_SNIFF_BYTES]:
-        raise _Bad("binary file (NUL bytes); if it is UTF-16 text, convert it to UTF-8")
+def refuse_binary(head: bytes) -> None:
+    """Raise :class:`Unreadable` when the first bytes of a file hold a NUL (binary data)."""
+    if b"\x00" in head[:SNIFF_BYTES]:
+        raise Unreadable("binary file (NUL bytes); if it is UTF-16 text, convert it to UTF-8")
 
 
-def _decode(data: bytes) -> str:
+def decode_text(data: bytes) -> str:
     """UTF-8 text of a file (a BOM dropped); binary, non-UTF-8 and empty files are refused."""
-    _refuse_binary(data)
+    refuse_binary(data)
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
-        raise _Bad(f"not valid UTF-8 at byte {exc.start}; convert it to UTF-8") from None
+        raise Unreadable(f"not valid UTF-8 at byte {exc.start}; convert it to UTF-8") from None
     if not text.strip():
-        raise _Bad("empty file")
+        raise Unreadable("empty file")
     return text

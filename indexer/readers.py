@@ -23,8 +23,8 @@ from pathlib import Path, PurePosixPath
 from instructor_search.documents import Document
 from instructor_search.errors import ReaderError
 
-from .reader_base import ReaderSettings, ReadFailure, Skipped, _Bad, _decode, _File
-from .records import _read_csv, _read_json, _read_jsonl
+from .reader_base import FoundFile, ReaderSettings, ReadFailure, Skipped, Unreadable, decode_text
+from .records import read_csv, read_json, read_jsonl
 
 _TITLE_CHARS = 200
 
@@ -32,7 +32,7 @@ _TITLE_CHARS = 200
 ScanItem = Document | ReadFailure | Skipped
 
 
-Reader = Callable[[_File], Iterator[Document | ReadFailure]]
+Reader = Callable[[FoundFile], Iterator[Document | ReadFailure]]
 
 
 def scan(
@@ -138,10 +138,10 @@ def _read(
     try:
         stat = path.stat()
         folder = rel.rpartition("/")[0]
-        file = _File(path, rel, ext, folder, stat.st_size, stat.st_mtime, settings)
+        file = FoundFile(path, rel, ext, folder, stat.st_size, stat.st_mtime, settings)
         for item in reader(file):
             yield _check_unique(item, rel, seen) if isinstance(item, Document) else item
-    except _Bad as bad:
+    except Unreadable as bad:
         yield ReadFailure(rel, bad.args[1], bad.args[0])
     except PermissionError:
         yield ReadFailure(rel, None, "permission denied; make the file readable or exclude it")
@@ -161,7 +161,7 @@ def _check_unique(doc: Document, rel: str, seen: dict[str, str]) -> Document | R
 # -- documents: one file, one Document ------------------------------------------------------
 
 
-def _file_document(file: _File, title: str, text: str) -> Document:
+def _file_document(file: FoundFile, title: str, text: str) -> Document:
     title = " ".join(title.split())
     if len(title) > _TITLE_CHARS:  # a heuristic title can be a whole paragraph
         title = title[:_TITLE_CHARS].rsplit(" ", 1)[0]
@@ -215,8 +215,8 @@ def _rst_title(text: str) -> str:
 def _plain(title_of: Callable[[str], str]) -> Reader:
     """A reader of a plain-text format (the text as is), with its way of finding the title."""
 
-    def read(file: _File) -> Iterator[Document]:
-        text = _decode(file.path.read_bytes())
+    def read(file: FoundFile) -> Iterator[Document]:
+        text = decode_text(file.path.read_bytes())
         yield _file_document(file, title_of(text), text)
 
     return read
@@ -277,36 +277,36 @@ class _HTMLText(HTMLParser):
         return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def _read_html(file: _File) -> Iterator[Document]:
+def _read_html(file: FoundFile) -> Iterator[Document]:
     parser = _HTMLText()
-    parser.feed(_decode(file.path.read_bytes()))
+    parser.feed(decode_text(file.path.read_bytes()))
     parser.close()
     if not (text := parser.text()):
-        raise _Bad("no visible text in the page")
+        raise Unreadable("no visible text in the page")
     found = parser.found
     yield _file_document(file, found.get("title") or found.get("h1") or found.get("h2", ""), text)
 
 
-def _read_pdf(file: _File) -> Iterator[Document]:
+def _read_pdf(file: FoundFile) -> Iterator[Document]:
     try:
         from pypdf import PdfReader
     except ImportError:
-        raise _Bad("reading PDF needs pypdf: pip install 'instructor-search[pdf]'") from None
+        raise Unreadable("reading PDF needs pypdf: pip install 'instructor-search[pdf]'") from None
     if not (data := file.path.read_bytes()).strip():
-        raise _Bad("empty file")
+        raise Unreadable("empty file")
     try:
         pdf = PdfReader(io.BytesIO(data))
         if pdf.is_encrypted and not pdf.decrypt(""):
-            raise _Bad("encrypted PDF; save a copy without a password")
+            raise Unreadable("encrypted PDF; save a copy without a password")
         pages = [(page.extract_text() or "").strip() for page in pdf.pages]
         info_title = pdf.metadata.title if pdf.metadata else None
-    except _Bad:
+    except Unreadable:
         raise
     except Exception as exc:  # pypdf raises many kinds of errors on damaged files
         why = f"{type(exc).__name__}: {exc}"
-        raise _Bad(f"cannot parse the PDF ({why}); check that it opens in a viewer") from None
+        raise Unreadable(f"cannot parse the PDF ({why}); check that it opens in a viewer") from None
     if not (text := "\n\n".join(page for page in pages if page)):
-        raise _Bad("no extractable text (a scanned PDF?); run OCR on it first")
+        raise Unreadable("no extractable text (a scanned PDF?); run OCR on it first")
     title = info_title.strip() if isinstance(info_title, str) else ""
     yield _file_document(file, title or _first_line(text), text)
 
@@ -319,9 +319,9 @@ _READERS: dict[str, Reader] = {
     ".html": _read_html,
     ".htm": _read_html,
     ".pdf": _read_pdf,
-    ".jsonl": _read_jsonl,
-    ".json": _read_json,
-    ".csv": _read_csv,
+    ".jsonl": read_jsonl,
+    ".json": read_json,
+    ".csv": read_csv,
 }
 
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(_READERS)

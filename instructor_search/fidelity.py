@@ -14,13 +14,14 @@ import importlib.metadata
 import importlib.resources
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +101,8 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:
-    """Write to a temporary file, then rename: a crash never leaves half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(value, indent=1))
-    os.replace(temporary, path)
+    """Write ``value`` as JSON, atomically: a crash never leaves half a file."""
+    write_atomically(path, [json.dumps(value, indent=1).encode("utf-8")])
 
 
 def _cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:

@@ -41,7 +41,6 @@ import os
 import re
 import sqlite3
 import struct
-import tempfile
 import threading
 import time
 import zlib
@@ -52,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import IndexStoreError
+from .files import read_header, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -326,31 +326,13 @@ def save(matrix: KeywordMatrix, path: str | os.PathLike) -> None:
         MAGIC, VERSION, 0, matrix.generation, len(matrix.chunk_ids), len(matrix.vocabulary),
         len(matrix.rows), crc, length,
     )  # fmt: skip
-    fd, tmp = tempfile.mkstemp(prefix=".keywords.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            for a in arrays:
-                f.write(a.data)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, [header, *(a.data for a in arrays), text])
 
 
 def read_generation(path: str | os.PathLike) -> int | None:
     """The generation in ``path``'s header, or ``None`` when missing or not ours (cheap)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_HEADER.size)
-    except OSError:
-        return None
-    if len(head) < _HEADER.size or head[:4] != MAGIC:
-        return None
-    return int(_HEADER.unpack(head)[3])
+    header = read_header(path, _HEADER, MAGIC)
+    return None if header is None else int(header[3])
 
 
 def load(path: str | os.PathLike) -> KeywordMatrix:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import faiss
 import numpy as np
 
 from .errors import IndexStoreError, InputError
+from .files import read_header, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -160,29 +160,13 @@ def save(index: faiss.Index, path: str | os.PathLike, generation: int) -> None:
     header = _HEADER.pack(
         MAGIC, VERSION, 0, generation, index.ntotal, index.d, zlib.crc32(payload), payload.size
     )
-    fd, tmp = tempfile.mkstemp(prefix=".vectors.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(payload.data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, [header, payload.data])
 
 
 def read_generation(path: str | os.PathLike) -> int | None:
     """The generation in ``path``'s header, or ``None`` when missing or not ours (cheap)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_HEADER.size)
-    except OSError:
-        return None
-    if len(head) < _HEADER.size or head[:4] != MAGIC:
-        return None
-    return int(_HEADER.unpack(head)[3])
+    header = read_header(path, _HEADER, MAGIC)
+    return None if header is None else int(header[3])
 
 
 def load(path: str | os.PathLike) -> tuple[faiss.Index, int]:

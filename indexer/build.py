@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from instructor_search.checkpoints import Checkpoint, resolve
 from instructor_search.documents import Chunk, Document
 from instructor_search.embedder import Instructor
@@ -307,14 +309,13 @@ def _embed_and_store(
             pending, settings.pool_chunks, lambda d: _chunk(d, chunkers, model, max_text)
         )
         for pool in pools:
-            texts = [text for _, _, pieces in pool for _, text in pieces]
-            vectors = model.embed(texts, instruction, batch_size=settings.batch_size)
+            vectors = _embed_pool(pool, model, instruction, settings.batch_size, report, progress)
             offset = 0
             for start in range(0, len(pool), settings.commit_documents):
                 group = pool[start : start + settings.commit_documents]
                 rows = []
                 for doc, _, pieces in group:
-                    chunks = [chunk for chunk, _ in pieces]
+                    chunks = [chunk for chunk, _, _ in pieces]
                     rows.append((doc, chunks, vectors[offset : offset + len(pieces)]))
                     offset += len(pieces)
                 index.upsert(rows)
@@ -332,13 +333,40 @@ def _embed_and_store(
             progress.close()
 
 
-_Pending = tuple[Document, bool, list[tuple[Chunk, str]]]
+#: Texts per ``embed`` call inside a pool (longest first): the progress bar moves between them.
+EMBED_SLICE = 128
+
+_Piece = tuple[Chunk, str, int]  # a chunk, the text embedded for it, that text's token count
+_Pending = tuple[Document, bool, list[_Piece]]
+
+
+def _embed_pool(
+    pool: list[_Pending],
+    model: Instructor,
+    instruction: str,
+    batch_size: int,
+    report: BuildReport,
+    progress: Any,
+) -> np.ndarray:
+    """The pool's chunk vectors in pool order, embedded longest first in slices of
+    :data:`EMBED_SLICE` texts (each slice pads little; the progress bar counts the chunks)."""
+    texts = [text for _, _, pieces in pool for _, text, _ in pieces]
+    tokens = [count for _, _, pieces in pool for _, _, count in pieces]
+    order = sorted(range(len(texts)), key=lambda i: -tokens[i])
+    vectors = np.empty((len(texts), model.dimension), dtype=np.float32)
+    for start in range(0, len(order), EMBED_SLICE):
+        part = order[start : start + EMBED_SLICE]
+        vectors[part] = model.embed([texts[i] for i in part], instruction, batch_size=batch_size)
+        if progress is not None:
+            done = report.chunks_embedded + start + len(part)
+            progress.set_postfix(chunks=done, refresh=True)
+    return vectors
 
 
 def _pools(
     pending: list[tuple[Document, bool]],
     pool_chunks: int,
-    chunk: Callable[[Document], list[tuple[Chunk, str]]],
+    chunk: Callable[[Document], list[_Piece]],
 ) -> Iterator[list[_Pending]]:
     """Chunked documents in groups of at least ``pool_chunks`` chunks (the last: the rest)."""
     pool: list[_Pending] = []
@@ -354,19 +382,22 @@ def _pools(
         yield pool
 
 
-def _chunk(
-    doc: Document, chunkers: _Chunkers, model: Instructor, max_text: int
-) -> list[tuple[Chunk, str]]:
-    """The document's chunks, each with the text to embed: ``title + " " + chunk``.
+def _chunk(doc: Document, chunkers: _Chunkers, model: Instructor, max_text: int) -> list[_Piece]:
+    """The document's chunks, each with the text to embed (``title + " " + chunk``) and about
+    how many tokens that text has.
 
     The title's tokens (+1 for the seam) come off every chunk's budget, so that no embedded
     input is ever truncated.
     """
     title = _short_title(doc.title, model)
+    title_tokens = 0
     if title:
-        max_text -= len(model.tokenizer(title, add_special_tokens=False)["input_ids"]) + 1
-    chunks = chunkers.get(max_text).chunk(doc.text)
-    return [(chunk, f"{title} {chunk.text}" if title else chunk.text) for chunk in chunks]
+        title_tokens = len(model.tokenizer(title, add_special_tokens=False)["input_ids"]) + 1
+    chunks = chunkers.get(max_text - title_tokens).chunk(doc.text)
+    return [
+        (chunk, f"{title} {chunk.text}" if title else chunk.text, chunk.token_count + title_tokens)
+        for chunk in chunks
+    ]
 
 
 class _Chunkers:

@@ -47,7 +47,7 @@ def main() -> None:
 
     from instructor_search import Instructor
     from instructor_search.indexer.build import BuildSettings, build
-    from instructor_search.store import Index
+    from instructor_search.store.index import Index
 
     work = Path(tempfile.mkdtemp(prefix="instructor-search-bench-"))
     try:
@@ -97,7 +97,7 @@ def main() -> None:
         if args.txtai:
             from txtai import Embeddings
 
-            from instructor_search.checkpoints import bundled_model_folder
+            from instructor_search.encoder.checkpoints import bundled_model_folder
 
             data = [json.loads(line) for line in corpus.read_text().splitlines()]
             embeddings = Embeddings(path=str(bundled_model_folder()), content=True)

@@ -98,7 +98,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from instructor_search import Instructor
-    from instructor_search.checkpoints import bundled_model_folder
+    from instructor_search.encoder.checkpoints import bundled_model_folder
 
     folder = args.model or str(bundled_model_folder())
     cache = args.onnx_cache or tempfile.mkdtemp(prefix="bench-onnx-")

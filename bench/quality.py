@@ -29,8 +29,8 @@ from instructor_search.documents import Chunk, Document
 from instructor_search.evaluate import evaluate as run_eval
 from instructor_search.evaluate import load_beir, load_qrels, load_queries, score_run
 from instructor_search.indexer.chunking import Chunker, ChunkSettings
-from instructor_search.retriever import MODES, Retriever, fuse
-from instructor_search.store import CollectionSettings, Index
+from instructor_search.search.retriever import MODES, Retriever, fuse
+from instructor_search.store.index import CollectionSettings, Index
 
 ROOT = Path(__file__).resolve().parent.parent
 SCIFACT = ROOT.parent / "shared" / "bench-data" / "scifact"

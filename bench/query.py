@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from instructor_search import Chunk, Document, Instructor
-from instructor_search.retriever import MIN_CANDIDATES, Retriever
-from instructor_search.store import KEYWORDS_FILE, CollectionSettings, Index
+from instructor_search.search.retriever import MIN_CANDIDATES, Retriever
+from instructor_search.store.index import KEYWORDS_FILE, CollectionSettings, Index
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "bench-data" / "scifact"
 PASSAGES = 2000
@@ -140,7 +140,7 @@ def txtai_times(texts: list[tuple[str, str]], items: list[str]) -> list[float] |
     except ImportError:
         log("txtai is not installed: skipped")
         return None
-    from instructor_search.checkpoints import bundled_model_folder
+    from instructor_search.encoder.checkpoints import bundled_model_folder
 
     embeddings = Embeddings(path=str(bundled_model_folder()), content=True)
     embeddings.index([(i, f"{t} {x}", None) for i, (t, x) in enumerate(texts)])

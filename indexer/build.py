@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from instructor_search.checkpoints import Checkpoint, resolve
 from instructor_search.documents import Chunk, Document
-from instructor_search.embedder import Instructor
+from instructor_search.encoder.checkpoints import Checkpoint, resolve
+from instructor_search.encoder.instructor import Instructor
+from instructor_search.encoder.profiles import profile_for
 from instructor_search.errors import IndexStoreError, InputError, ReaderError
-from instructor_search.profiles import profile_for
-from instructor_search.store import INDEX_FILE, CollectionSettings, Index
+from instructor_search.store.index import INDEX_FILE, CollectionSettings, Index
 
 from .chunking import Chunker, ChunkSettings
 from .readers import ReaderSettings, ReadFailure, Skipped, scan

@@ -242,7 +242,7 @@ def info(index_path: Path, as_json: bool) -> None:
     Example:
         instructor-index info ./my-index --json
     """
-    from instructor_search.store import Index
+    from instructor_search.store.index import Index
 
     with Index.open(index_path, readonly=True) as index:
         stats = index.stats().to_dict()
@@ -364,8 +364,8 @@ def search(
         instructor-index search ./my-index "side effects of metformin" -k 5
         instructor-index search ./my-index "rent deposit" --where type=pdf --where folder=law
     """
-    from instructor_search.highlight import excerpt, query_terms
-    from instructor_search.retriever import DEFAULT_MODE, Retriever
+    from instructor_search.search.highlight import excerpt, query_terms
+    from instructor_search.search.retriever import DEFAULT_MODE, Retriever
 
     where = parse_where(conditions) or None
     started = time.perf_counter()
@@ -467,7 +467,7 @@ def evaluate(
     """
     from instructor_search.evaluate import evaluate as run_evaluate
     from instructor_search.evaluate import load_qrels, load_queries
-    from instructor_search.retriever import DEFAULT_MODE, Retriever
+    from instructor_search.search.retriever import DEFAULT_MODE, Retriever
 
     from .build import BuildSettings
     from .build import build as run_build
@@ -534,7 +534,7 @@ def ui(index_path: Path, port: int, host: str) -> None:
     import os
     import subprocess
 
-    from instructor_search.store import Index
+    from instructor_search.store.index import Index
 
     if importlib.util.find_spec("streamlit") is None:
         raise click.ClickException("The page needs Streamlit: pip install 'instructor-search[ui]'")

@@ -28,14 +28,14 @@ __version__ = "0.1.0"
 _LAZY = {
     "Chunk": "documents",
     "Document": "documents",
-    "Instructor": "embedder",
-    "ModelProfile": "profiles",
-    "Index": "store",
-    "IndexStats": "store",
-    "CollectionSettings": "store",
-    "Retriever": "retriever",
-    "Hit": "retriever",
-    "Comparison": "retriever",
+    "Instructor": "encoder.instructor",
+    "ModelProfile": "encoder.profiles",
+    "Index": "store.index",
+    "IndexStats": "store.index",
+    "CollectionSettings": "store.index",
+    "Retriever": "search.retriever",
+    "Hit": "search.retriever",
+    "Comparison": "search.retriever",
     "InstructionPair": "instructions",
     "instruction": "instructions",
     "presets": "instructions",
@@ -83,8 +83,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .documents import Chunk, Document
-    from .embedder import Instructor
+    from .encoder.instructor import Instructor
+    from .encoder.profiles import ModelProfile
     from .instructions import InstructionPair, instruction, presets
-    from .profiles import ModelProfile
-    from .retriever import Comparison, Hit, Retriever
-    from .store import CollectionSettings, Index, IndexStats
+    from .search.retriever import Comparison, Hit, Retriever
+    from .store.index import CollectionSettings, Index, IndexStats

@@ -32,7 +32,7 @@ from .documents import Document
 from .errors import InputError, ReaderError
 
 if TYPE_CHECKING:
-    from .retriever import Retriever
+    from .search.retriever import Retriever
 
 Qrels = dict[str, dict[str, int]]
 METRIC_KEYS = ("ndcg_at_10", "recall_at_10", "recall_at_100", "mrr_at_10")
@@ -230,7 +230,7 @@ def evaluate(
     ``mode`` defaults to the Retriever's default; ``k`` (at least 100 for Recall@100) is how
     many documents each query retrieves.
     """
-    from .retriever import DEFAULT_MODE
+    from .search.retriever import DEFAULT_MODE
 
     mode = mode or DEFAULT_MODE
     if isinstance(k, bool) or not isinstance(k, int) or k < 100:

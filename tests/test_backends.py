@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from instructor_search import Instructor
-from instructor_search import onnx_backend as ob
-from instructor_search.embedder import _token_budget_batches, physical_cores
+from instructor_search.encoder import onnx_backend as ob
+from instructor_search.encoder.instructor import _token_budget_batches, physical_cores
 from instructor_search.errors import InputError
 
 needs_onnx = pytest.mark.skipif(

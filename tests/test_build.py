@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from instructor_search import IndexMismatchError, IndexStoreError, ReaderError
 from instructor_search.indexer.build import BuildSettings, build
 from instructor_search.indexer.cli import cli
-from instructor_search.store import Index
+from instructor_search.store.index import Index
 
 REPORT_KEYS = {
     "documents_added",

@@ -18,7 +18,7 @@ from instructor_search.evaluate import (
     recall_at_k,
     score_run,
 )
-from instructor_search.retriever import DEFAULT_MODE, Retriever
+from instructor_search.search.retriever import DEFAULT_MODE, Retriever
 
 
 def test_ndcg_hand_computed():

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instructor_search import keywords
 from instructor_search.documents import Chunk, Document
 from instructor_search.indexer.build import BuildSettings, build, delete_documents
-from instructor_search.store import KEYWORDS_FILE, CollectionSettings, Index
+from instructor_search.store import keywords
+from instructor_search.store.index import KEYWORDS_FILE, CollectionSettings, Index
 
 DIM = 8
 SETTINGS = CollectionSettings(

@@ -8,7 +8,7 @@ import sys
 import pytest
 from test_retriever import corpus, make_index
 
-from instructor_search.retriever import Retriever
+from instructor_search.search.retriever import Retriever
 
 langchain_core = pytest.importorskip(
     "langchain_core", reason="langchain-core is not installed (extra [langchain])"

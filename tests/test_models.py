@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from instructor_search import Instructor, ModelNotFoundError
-from instructor_search.checkpoints import BUNDLED_MODEL_ID, bundled_model_folder
-from instructor_search.precision import BF16_MIN_COSINE
-from instructor_search.profiles import DROP, EXCLUDE_FROM_POOLING, PREPEND, profile_for
+from instructor_search.encoder.checkpoints import BUNDLED_MODEL_ID, bundled_model_folder
+from instructor_search.encoder.precision import BF16_MIN_COSINE
+from instructor_search.encoder.profiles import DROP, EXCLUDE_FROM_POOLING, PREPEND, profile_for
 
 
 def test_bundled_default_loads_offline_with_its_own_layout(bundled):

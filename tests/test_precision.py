@@ -13,8 +13,9 @@ import logging
 import numpy as np
 import pytest
 
-from instructor_search import Instructor, fidelity, precision
-from instructor_search import onnx_backend as ob
+from instructor_search import Instructor
+from instructor_search.encoder import fidelity, precision
+from instructor_search.encoder import onnx_backend as ob
 from instructor_search.errors import InputError
 
 PASSAGES = [

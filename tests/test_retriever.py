@@ -15,7 +15,7 @@ import pytest
 from instructor_search import Instructor
 from instructor_search.documents import Chunk, Document
 from instructor_search.errors import FilterError, IndexMismatchError, InputError
-from instructor_search.retriever import (
+from instructor_search.search.retriever import (
     DEFAULT_MODE,
     MODES,
     Hit,
@@ -23,7 +23,7 @@ from instructor_search.retriever import (
     fuse,
     mmr_order,
 )
-from instructor_search.store import CollectionSettings, Index
+from instructor_search.store.index import CollectionSettings, Index
 
 QUERY_INSTRUCTION = "Represent the question for retrieving supporting documents: "
 DOCUMENT_INSTRUCTION = "Represent the document for retrieval: "

@@ -9,7 +9,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from instructor_search import vectors
 from instructor_search.documents import Chunk, Document
 from instructor_search.errors import (
     FilterError,
@@ -18,8 +17,9 @@ from instructor_search.errors import (
     IndexNotFoundError,
     IndexStoreError,
 )
-from instructor_search.migrations import MIGRATIONS, SCHEMA_VERSION
-from instructor_search.store import MATCHING_CACHE, CollectionSettings, Index, IndexStats
+from instructor_search.store import vectors
+from instructor_search.store.index import MATCHING_CACHE, CollectionSettings, Index, IndexStats
+from instructor_search.store.migrations import MIGRATIONS, SCHEMA_VERSION
 
 DIM = 16
 SETTINGS = CollectionSettings(

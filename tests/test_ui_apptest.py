@@ -18,7 +18,7 @@ pytest.importorskip("streamlit")
 
 from streamlit.testing.v1 import AppTest
 
-from instructor_search.highlight import excerpt, query_terms
+from instructor_search.search.highlight import excerpt, query_terms
 from instructor_search.ui import render
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -46,7 +46,7 @@ def judged(query_id: str) -> tuple[str, str]:
 
 
 def test_search_page_in_chromium(sample_index: Path, tmp_path: Path) -> None:
-    from instructor_search.store import Index
+    from instructor_search.store.index import Index
 
     query, expected_id = judged(QUERY_ID)
     with Index.open(sample_index, readonly=True) as index:

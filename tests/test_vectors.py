@@ -6,9 +6,9 @@ import faiss
 import numpy as np
 import pytest
 
-from instructor_search import vectors
 from instructor_search.errors import IndexStoreError
-from instructor_search.vectors import (
+from instructor_search.store import vectors
+from instructor_search.store.vectors import (
     VectorFileError,
     Vectors,
     build_vector_index,

@@ -24,8 +24,8 @@ from instructor_search.errors import (
     IndexNotFoundError,
     InstructorSearchError,
 )
-from instructor_search.retriever import Retriever
-from instructor_search.store import INDEX_FILE
+from instructor_search.search.retriever import Retriever
+from instructor_search.store.index import INDEX_FILE
 from instructor_search.ui import controls, render, views
 from instructor_search.ui import facets as facet_lib
 

@@ -1,7 +1,7 @@
 """The page's controls: query box, mode and k, instruction presets with their text, filters.
 
 Each function draws its widgets (with stable keys, which the tests and the browser driver use)
-and returns what the user chose, ready for :class:`~instructor_search.retriever.Retriever`.
+and returns what the user chose, ready for :class:`~instructor_search.search.retriever.Retriever`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import streamlit as st
 
 from instructor_search.errors import InputError
 from instructor_search.instructions import ALIASES, PRESETS, InstructionPair, presets
-from instructor_search.retriever import DEFAULT_MODE, MODES, Retriever
+from instructor_search.search.retriever import DEFAULT_MODE, MODES, Retriever
 from instructor_search.ui import facets as facet_lib
 from instructor_search.ui import render
 

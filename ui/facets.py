@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from instructor_search.filters import BUILTIN_FIELDS
-from instructor_search.store import Index
+from instructor_search.store.filters import BUILTIN_FIELDS
+from instructor_search.store.index import Index
 
 #: Metadata the readers record for every file or record: searchable by API, not worth a widget.
 PROVENANCE = frozenset({"path", "line", "record", "mtime", "size", "title", "indexed_at"})

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from instructor_search.highlight import excerpt, match_spans
-from instructor_search.retriever import Hit
-from instructor_search.store import IndexStats
+from instructor_search.search.highlight import excerpt, match_spans
+from instructor_search.search.retriever import Hit
+from instructor_search.store.index import IndexStats
 
 #: Characters of the document shown on each side of the matching chunk.
 CONTEXT_CHARS = 1200

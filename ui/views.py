@@ -16,9 +16,9 @@ from instructor_search.errors import (
     InstructorSearchError,
     ModelError,
 )
-from instructor_search.highlight import query_terms
 from instructor_search.instructions import InstructionPair
-from instructor_search.retriever import Comparison, Retriever
+from instructor_search.search.highlight import query_terms
+from instructor_search.search.retriever import Comparison, Retriever
 from instructor_search.ui import render
 from instructor_search.ui.controls import INDEX_PAIR, ignores_instructions_note, instruction_picker
 

@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "The LangChain adapter needs langchain-core: pip install 'instructor-search[langchain]'"
     ) from exc
 
-from ..retriever import DEFAULT_MODE, Hit, Retriever
+from ..search.retriever import DEFAULT_MODE, Hit, Retriever
 
 
 class InstructorSearchRetriever(BaseRetriever):

@@ -2,7 +2,7 @@
 
 Only the encoder is exported (``input_ids``, ``attention_mask`` → ``last_hidden_state``);
 pooling with instruction tokens excluded, Dense and Normalize stay in
-:mod:`instructor_search.embedder`, shared with the torch path. One export per model
+:mod:`instructor_search.encoder.instructor`, shared with the torch path. One export per model
 fingerprint lives in a visible cache folder::
 
     <cache root>/<fingerprint[:16]>/
@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import InputError, ModelError
 from . import fidelity
-from .errors import InputError, ModelError
 
 if TYPE_CHECKING:
     import torch

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 import sqlite_utils
 
-from .errors import IndexCorruptError
+from ..errors import IndexCorruptError
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,14 @@
 """The files derived from ``index.sqlite``, each stamped with the generation it was built from.
 
-``vectors.faiss`` (:mod:`instructor_search.vectors`) is the ANN index over the embeddings in
+``vectors.faiss`` (:mod:`instructor_search.store.vectors`) is the ANN index over the embeddings in
 SQLite. Any reader that finds it missing, stale (another generation) or unreadable rebuilds it
-in memory; a writer then saves the rebuild. ``keywords.bm25`` (:mod:`instructor_search.keywords`)
+in memory; a writer then saves the rebuild. ``keywords.bm25`` (:mod:`instructor_search.store.keywords`)
 is the keyword matrix precomputed from FTS5. A reader never rebuilds it: while it is missing,
 stale or unreadable, FTS5 answers keyword searches, until a writer's
-:meth:`~instructor_search.store.Index.sync_derived` rewrites it.
+:meth:`~instructor_search.store.index.Index.sync_derived` rewrites it.
 
 :class:`DerivedFiles` holds the loaded structure of each file for one generation. It is owned
-by an :class:`~instructor_search.store.Index` and used under that index's lock: it reads
+by an :class:`~instructor_search.store.index.Index` and used under that index's lock: it reads
 ``chunks`` and ``chunks_fts`` inside the caller's read snapshot, and writes files only outside
 one.
 """
@@ -29,7 +29,7 @@ from .vectors import VectorFileError, VectorIndexInfo, Vectors, build_vector_ind
 
 log = logging.getLogger(__name__)
 
-#: The index folder: the truth (owned by :class:`~instructor_search.store.Index`), then the
+#: The index folder: the truth (owned by :class:`~instructor_search.store.index.Index`), then the
 #: files derived from it.
 INDEX_FILE = "index.sqlite"
 VECTORS_FILE = "vectors.faiss"

@@ -1,10 +1,10 @@
 """The index on disk: one folder holding ``index.sqlite`` (the truth), ``vectors.faiss`` and
 ``keywords.bm25``.
 
-:class:`Index` owns the schema (see :mod:`instructor_search.migrations`); callers never write
+:class:`Index` owns the schema (see :mod:`instructor_search.store.migrations`); callers never write
 SQL against it. ``index.sqlite`` holds collection settings, documents, chunks with their
 float32 embeddings and an FTS5 keyword index. ``vectors.faiss`` and ``keywords.bm25`` are
-derived from it (:mod:`instructor_search.derived`: rebuilt, or answered by FTS5, whenever
+derived from it (:mod:`instructor_search.store.derived`: rebuilt, or answered by FTS5, whenever
 missing, stale or unreadable). Every committed change bumps ``collection.generation``; a search
 reads the generation, the vectors and the filter in one SQLite read snapshot, so readers in
 other processes never see a half-written state.
@@ -27,10 +27,8 @@ from typing import Any, TypeVar
 import numpy as np
 import sqlite_utils
 
-from . import keywords
-from .derived import INDEX_FILE, KEYWORDS_FILE, VECTORS_FILE, DerivedFiles
-from .documents import Chunk, Document
-from .errors import (
+from ..documents import Chunk, Document
+from ..errors import (
     FilterError,
     IndexCorruptError,
     IndexMismatchError,
@@ -38,6 +36,8 @@ from .errors import (
     IndexStoreError,
     InputError,
 )
+from . import keywords
+from .derived import INDEX_FILE, KEYWORDS_FILE, VECTORS_FILE, DerivedFiles
 from .filters import BUILTIN_FIELDS, where_sql
 from .migrations import SCHEMA_VERSION, migrate, pending_migrations
 from .vectors import VectorIndexInfo

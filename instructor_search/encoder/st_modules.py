@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ModelError
+from ..errors import ModelError
 
 if TYPE_CHECKING:
     import torch

@@ -26,8 +26,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import IndexStoreError, InputError
-from .files import read_header, write_atomically
+from ..errors import IndexStoreError, InputError
+from ..files import read_header, write_atomically
 
 log = logging.getLogger(__name__)
 

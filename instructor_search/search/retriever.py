@@ -2,9 +2,9 @@
 filters before the search, MMR, and a best-chunk-per-document view.
 
 Hybrid fuses the dense and the FTS5 BM25 chunk lists, each ``max(100, 4k)`` deep, by reciprocal
-rank fusion (:func:`~instructor_search.ranking.fuse`, where the constants and their measurements
+rank fusion (:func:`~instructor_search.search.ranking.fuse`, where the constants and their measurements
 are); then each document keeps its best chunk. MMR reranks the best ``4k`` candidates
-(:func:`~instructor_search.ranking.mmr_order`).
+(:func:`~instructor_search.search.ranking.mmr_order`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .checkpoints import BUNDLED_MODEL_ID
-from .embedder import Instructor
-from .errors import IndexMismatchError, InputError, ModelError
+from ..encoder.checkpoints import BUNDLED_MODEL_ID
+from ..encoder.instructor import Instructor
+from ..errors import IndexMismatchError, InputError, ModelError
+from ..store.index import ChunkRecord, Index
 from .ranking import fuse, mmr_order
-from .store import ChunkRecord, Index
 
 log = logging.getLogger(__name__)
 

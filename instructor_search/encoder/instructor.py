@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import InputError, ModelError
 from . import fidelity, onnx_backend, profiles
 from .checkpoints import Checkpoint, ModuleSpec, resolve
-from .errors import InputError, ModelError
 from .precision import BF16_MIN_BATCH_TOKENS, store_linear_weights_in_bf16, use_bf16
 from .st_modules import load_dense, pool, pooling_modes
 
@@ -73,15 +73,15 @@ class Instructor:
 
     ``model`` is a hub id (``hkunlp/instructor-large``, downloaded only when named), a local
     folder in the sentence-transformers layout, or ``None`` for the bundled offline default
-    (all-MiniLM-L6-v2). ``profile`` (a :class:`~instructor_search.profiles.ModelProfile` or a
+    (all-MiniLM-L6-v2). ``profile`` (a :class:`~instructor_search.encoder.profiles.ModelProfile` or a
     family name) and ``instruction_mode`` override how instructions are used.
 
     ``backend``: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU) or ``"auto"`` (ONNX when
     onnxruntime is installed and the export passes the fidelity gate, else torch, with one
     logged line). Exports are cached per model under ``onnx_cache``
-    (see :mod:`instructor_search.onnx_backend`). ``precision``: ``"auto"`` runs large batches
+    (see :mod:`instructor_search.encoder.onnx_backend`). ``precision``: ``"auto"`` runs large batches
     on the torch encoder in bf16 where the CPU computes bf16 natively and the fidelity gate
-    passes (see :mod:`instructor_search.precision`), ``"fp32"`` never does (bit-for-bit the
+    passes (see :mod:`instructor_search.encoder.precision`), ``"fp32"`` never does (bit-for-bit the
     reference's arithmetic), ``"bf16"`` asks for it on any CPU. Batches hold at most
     ``batch_size`` inputs and ``max_tokens_per_batch`` padded tokens.
     """

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .files import write_atomically
+from ..files import write_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ CPUs with AVX512-BF16 or AMX multiply bfloat16 matrices at about twice the fp32 
 ``torch.autocast`` the encoder's matrix products run in bf16 while softmax and layer norms stay
 in fp32; the embeddings then differ from fp32 by float noise (calibration minimum cosine
 0.99997 for all-MiniLM-L6-v2). The bf16 path is used only after it passes
-:func:`instructor_search.fidelity.check` against fp32 with :data:`BF16_MIN_COSINE`, and only for
+:func:`instructor_search.encoder.fidelity.check` against fp32 with :data:`BF16_MIN_COSINE`, and only for
 batches of at least :data:`BF16_MIN_BATCH_TOKENS` padded tokens: below that, a batch is too
 small for the matrix units to pay and the fp32 path (ONNX Runtime when loaded) is faster.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from . import fidelity
-from .errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -50,8 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IndexStoreError
-from .files import read_header, write_atomically
+from ..errors import IndexStoreError
+from ..files import read_header, write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from .errors import ModelError, ModelNotFoundError
+from ..errors import ModelError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 

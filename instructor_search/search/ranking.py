@@ -1,5 +1,5 @@
 """Ranking math on ``(chunk id, score)`` lists: reciprocal rank fusion and maximal marginal
-relevance; no I/O. :class:`~instructor_search.retriever.Retriever` fetches the lists and calls
+relevance; no I/O. :class:`~instructor_search.search.retriever.Retriever` fetches the lists and calls
 these.
 
 Hybrid search is reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009) of the dense and

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FilterError
+from ..errors import FilterError
 
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=")
 #: Filterable document columns: field name -> (column, kind). Metadata keys come on top.

@@ -17,7 +17,8 @@ import pytest
 
 from instructor_search import Instructor
 from instructor_search.encoder import onnx_backend as ob
-from instructor_search.encoder.instructor import _token_budget_batches, physical_cores
+from instructor_search.encoder.forward import physical_cores
+from instructor_search.encoder.inputs import token_budget_batches
 from instructor_search.errors import InputError
 
 needs_onnx = pytest.mark.skipif(
@@ -195,14 +196,14 @@ def test_cache_root_is_visible_and_configurable(monkeypatch, tmp_path):
     assert ob.cache_root() == tmp_path / "xdg" / "instructor-search" / "onnx"
 
 
-def test_token_budget_batches():
+def testtoken_budget_batches():
     lengths = [100, 30, 512, 8, 30, 60]
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches = _token_budget_batches(order, lengths, batch_size=32, max_tokens=128)
+    batches = token_budget_batches(order, lengths, batch_size=32, max_tokens=128)
     assert batches == [[2], [0], [5, 1], [4, 3]]
     assert [i for b in batches for i in b] == order
     assert all(len(b) * lengths[b[0]] <= 128 or len(b) == 1 for b in batches)
-    assert _token_budget_batches(order, lengths, batch_size=2, max_tokens=10**6) == [
+    assert token_budget_batches(order, lengths, batch_size=2, max_tokens=10**6) == [
         [2, 0],
         [5, 1],
         [4, 3],

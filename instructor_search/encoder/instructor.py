@@ -13,16 +13,24 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from . import fidelity, onnx_backend, profiles
-from .checkpoints import Checkpoint, ModuleSpec, resolve
+from .checkpoints import Checkpoint, resolve
+from .forward import (
+    Head,
+    hidden_size,
+    initial_max_seq_length,
+    load_transformer,
+    padded,
+    physical_cores,
+    pooling_mask,
+)
+from .inputs import InstructionTokens, Prepared, prepare, token_budget_batches
 from .precision import BF16_MIN_BATCH_TOKENS, store_linear_weights_in_bf16, use_bf16
-from .st_modules import load_dense, pool, pooling_modes
 
 if TYPE_CHECKING:
     import torch
@@ -33,39 +41,6 @@ _OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 _PROGRESS_MIN_INPUTS = 1000
 #: Default cap on padded tokens per batch (rows x longest row), measured in bench/encode.py.
 MAX_TOKENS_PER_BATCH = 8192
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """One input after the reference's string rules: the model input and the instruction."""
-
-    model_input: str
-    instruction: str  # the stripped instruction whose tokens are excluded from pooling ("" = none)
-    sort_key: int  # the reference sorts by the character length of the text
-
-
-def physical_cores() -> int:
-    """Physical CPU cores this process may use (one thread per core is fastest for inference).
-
-    The CPUs of ``os.sched_getaffinity`` counted once per core (hyper-threads share one), as
-    Linux's sysfs topology tells; elsewhere the logical CPU count.
-    """
-    try:
-        cpus = os.sched_getaffinity(0)
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-    cores = set()
-    for cpu in cpus:
-        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
-        try:
-            with (
-                open(f"{topology}/physical_package_id") as package,
-                open(f"{topology}/core_id") as core,
-            ):
-                cores.add((package.read().strip(), core.read().strip()))
-        except OSError:
-            cores.add(("cpu", str(cpu)))
-    return max(1, len(cores))
 
 
 class Instructor:
@@ -110,15 +85,11 @@ class Instructor:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if num_threads or torch.get_num_threads() < physical_cores():
             torch.set_num_threads(num_threads or physical_cores())
-        self.tokenizer, self.encoder = _load_transformer(self.checkpoint.folder, self.device)
-        self._pooling_modes = ("mean_tokens",)
-        self._dense: list[torch.nn.Module] = []
-        self._normalize = False
-        for module in self.checkpoint.modules[1:]:
-            self._add_module(module)
-        self.max_seq_length = _initial_max_seq_length(self.checkpoint, self.profile, self.encoder)
+        self.tokenizer, self.encoder = load_transformer(self.checkpoint.folder, self.device)
+        self.head = Head.from_modules(self.checkpoint.modules[1:], self.device)
+        self.max_seq_length = initial_max_seq_length(self.checkpoint, self.profile, self.encoder)
         self.max_tokens_per_batch = max_tokens_per_batch
-        self._instruction_lengths: dict[tuple[str, int], int] = {}
+        self._instruction_tokens = InstructionTokens(self.tokenizer)
         self._onnx: onnx_backend.OnnxEncoder | None = None
         self._bf16 = False
         if backend == "onnx" and precision == "bf16":
@@ -145,16 +116,6 @@ class Instructor:
         if self._bf16:  # from here on the torch encoder runs in bf16 only
             store_linear_weights_in_bf16(self.encoder)
 
-    # -- loading ------------------------------------------------------------------------------
-
-    def _add_module(self, module: ModuleSpec) -> None:
-        if module.kind == "pooling":
-            self._pooling_modes = pooling_modes(module.folder)
-        elif module.kind == "dense":
-            self._dense.append(load_dense(module.folder).to(self.device))
-        elif module.kind == "normalize":
-            self._normalize = True
-
     @property
     def model_name(self) -> str:
         """The hub id or folder the model was loaded from."""
@@ -168,9 +129,9 @@ class Instructor:
     @property
     def dimension(self) -> int:
         """The length of a sentence embedding."""
-        if self._dense:
-            return int(self._dense[-1][0].out_features)
-        return _hidden_size(self.encoder) * len(self._pooling_modes)
+        if self.head.dense:
+            return int(self.head.dense[-1][0].out_features)
+        return hidden_size(self.encoder) * len(self.head.pooling_modes)
 
     @property
     def backend(self) -> str:
@@ -221,7 +182,9 @@ class Instructor:
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         single = isinstance(sentences, str)
-        prepared = self._prepare([sentences] if single else sentences)
+        prepared = prepare(
+            [sentences] if single else sentences, self.profile, self.checkpoint.do_lower_case
+        )
         if convert_to_tensor:
             convert_to_numpy = False
         if not prepared:
@@ -229,17 +192,11 @@ class Instructor:
         device = device or self.device
         self._move_to(device)
 
-        input_ids = self.tokenizer(
-            [p.model_input for p in prepared],
-            truncation="longest_first",
-            max_length=self.max_seq_length,
-            add_special_tokens=True,
-        )["input_ids"]
-        excluded = [self._instruction_length(p.instruction) for p in prepared]
+        input_ids, excluded = self._tokenize(prepared)
         # Longest first (by token length, so that each batch pads as little as possible), cut
         # by count and by padded tokens: batch composition changes results only by float noise.
         order = sorted(range(len(prepared)), key=lambda i: -len(input_ids[i]))
-        batches = _token_budget_batches(
+        batches = token_budget_batches(
             order, [len(ids) for ids in input_ids], batch_size, self.max_tokens_per_batch
         )
         results: list[Any] = [None] * len(prepared)
@@ -257,79 +214,30 @@ class Instructor:
                 results = np.stack([row.float().numpy() for row in results]).astype(np.float32)
         return results[0] if single else results
 
-    def _prepare(self, sentences: Sequence[Any]) -> list[_Prepared]:
-        if not isinstance(sentences, (list, tuple)):
-            raise InputError(
-                f"sentences must be a string, a list of strings or a list of [instruction, text] "
-                f"pairs, got {type(sentences).__name__}"
-            )
-        if not sentences:
-            return []
-        pairs = isinstance(sentences[0], (list, tuple))
-        prepared = []
-        for position, item in enumerate(sentences):
-            if pairs != isinstance(item, (list, tuple)):
-                raise InputError(
-                    f"sentences[{position}] is {type(item).__name__} but sentences[0] is "
-                    f"{type(sentences[0]).__name__}: give all [instruction, text] pairs or all strings"
-                )
-            prepared.append(
-                self._prepare_pair(item, position) if pairs else self._prepare_text(item, position)
-            )
-        return prepared
+    def tokenize(self, sentences: Sequence[Any]) -> tuple[list[list[int]], list[int]]:
+        """Token ids of each input and how many of its leading tokens are its instruction's
+        (excluded from pooling): what :meth:`encode` feeds the model. Training uses it too."""
+        return self._tokenize(prepare(sentences, self.profile, self.checkpoint.do_lower_case))
 
-    def _prepare_text(self, text: Any, position: int) -> _Prepared:
-        if not isinstance(text, str):
-            raise InputError(f"sentences[{position}] must be a str, got {type(text).__name__}")
-        model_input = text.strip()
-        if self.checkpoint.do_lower_case:
-            model_input = model_input.lower()
-        return _Prepared(model_input, "", len(text))
-
-    def _prepare_pair(self, pair: Sequence[Any], position: int) -> _Prepared:
-        if len(pair) < 2 or not isinstance(pair[0], str) or not isinstance(pair[1], str):
-            raise InputError(
-                f"sentences[{position}] must be [instruction, text] with two strings, got {pair!r}"
-            )
-        instruction, text = pair[0], pair[1].strip()
-        mode = self.profile.instruction_mode
-        if mode == profiles.DROP:
-            model_input, instruction = text, ""
-        else:
-            model_input = (instruction + text).strip()
-            instruction = instruction.strip() if mode == profiles.EXCLUDE_FROM_POOLING else ""
-        if self.checkpoint.do_lower_case:
-            model_input, instruction = model_input.lower(), instruction.lower()
-        return _Prepared(model_input, instruction, len(text))
-
-    def _instruction_length(self, instruction: str) -> int:
-        """Leading tokens excluded from pooling: the reference's count, with its "≤ 1 → 0" rule."""
-        if not instruction:
-            return 0
-        key = (instruction, self.max_seq_length)
-        if key not in self._instruction_lengths:
-            ids = self.tokenizer(
-                instruction, truncation="longest_first", max_length=self.max_seq_length
-            )["input_ids"]
-            count = len(ids) - 1
-            self._instruction_lengths[key] = count if count > 1 else 0
-        return self._instruction_lengths[key]
+    def _tokenize(self, prepared: list[Prepared]) -> tuple[list[list[int]], list[int]]:
+        input_ids = self.tokenizer(
+            [p.model_input for p in prepared],
+            truncation="longest_first",
+            max_length=self.max_seq_length,
+            add_special_tokens=True,
+        )["input_ids"]
+        excluded = [
+            self._instruction_tokens.count(p.instruction, self.max_seq_length) for p in prepared
+        ]
+        return input_ids, excluded
 
     def _forward(self, ids: list[list[int]], excluded: list[int]) -> dict[str, torch.Tensor]:
         import torch
 
-        width = max(len(row) for row in ids)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = np.full((len(ids), width), pad, dtype=np.int64)
-        attention = np.zeros((len(ids), width), dtype=np.int64)
-        for row, tokens in enumerate(ids):
-            input_ids[row, : len(tokens)] = tokens
-            attention[row, : len(tokens)] = 1
-        input_tensor = torch.from_numpy(input_ids).to(self.device)
-        attention_tensor = torch.from_numpy(attention).to(self.device)
+        input_tensor, attention_tensor = padded(ids, self.tokenizer.pad_token_id or 0, self.device)
         # Small batches (queries) run in fp32 on ONNX Runtime when it is loaded: faster there.
         bf16 = self.precision == "bf16" and (
-            self._onnx is None or input_ids.size >= BF16_MIN_BATCH_TOKENS
+            self._onnx is None or input_tensor.numel() >= BF16_MIN_BATCH_TOKENS
         )
         if self.backend == "onnx" and not bf16:
             hidden = self._onnx(input_tensor, attention_tensor)
@@ -337,18 +245,11 @@ class Instructor:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 hidden = self.encoder(input_ids=input_tensor, attention_mask=attention_tensor)[0]
             hidden = hidden.float()
-        pooling_mask = attention_tensor.clone()
-        for row, count in enumerate(excluded):
-            if count:
-                pooling_mask[row, : min(count, width)] = 0
-        embedding = pool(hidden, pooling_mask, self._pooling_modes)
-        for dense in self._dense:
-            embedding = dense(embedding)
-        if self._normalize:
-            embedding = torch.nn.functional.normalize(embedding, p=2, dim=1)
+        mask = pooling_mask(attention_tensor, excluded)
+        embedding = self.head(hidden, mask)
         return {
             "input_ids": input_tensor,
-            "attention_mask": pooling_mask,
+            "attention_mask": mask,
             "context_masks": torch.tensor(excluded),
             "token_embeddings": hidden,
             "sentence_embedding": embedding,
@@ -405,8 +306,7 @@ class Instructor:
             )
         if device != self.device:
             self.encoder.to(device)
-            for dense in self._dense:
-                dense.to(device)
+            self.head.to(device)
             self.device = device
 
     def _embed_calibration(self, runner: onnx_backend.OnnxEncoder | None, bf16: bool) -> np.ndarray:
@@ -453,57 +353,3 @@ class Instructor:
                 len(self.tokenizer(instruction.strip(), add_special_tokens=False)["input_ids"]) + 1
             )
         return self.max_seq_length - special - reserved
-
-
-def _token_budget_batches(
-    order: list[int], lengths: list[int], batch_size: int, max_tokens: int
-) -> list[list[int]]:
-    """Cut ``order`` (longest first) into batches of at most ``batch_size`` inputs and
-    ``max_tokens`` padded tokens (rows x the first, longest row); never an empty batch."""
-    batches: list[list[int]] = []
-    for index in order:
-        if batches:
-            batch = batches[-1]
-            if len(batch) < batch_size and (len(batch) + 1) * lengths[batch[0]] <= max_tokens:
-                batch.append(index)
-                continue
-        batches.append([index])
-    return batches
-
-
-def _load_transformer(folder: Any, device: str) -> tuple[Any, Any]:
-    import torch
-    import transformers
-
-    progress_bars = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar per load
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-        config = transformers.AutoConfig.from_pretrained(str(folder))
-        model_class = (
-            transformers.T5EncoderModel
-            if config.model_type in ("t5", "mt5", "umt5")
-            else transformers.AutoModel
-        )
-        encoder = model_class.from_pretrained(str(folder), dtype=torch.float32)
-    except (OSError, ValueError) as error:
-        raise ModelError(f"Could not load the model in {folder}: {error}") from error
-    finally:
-        if progress_bars:
-            transformers.utils.logging.enable_progress_bar()
-    if not tokenizer.is_fast:
-        raise ModelError(f"{folder} has no fast tokenizer (tokenizer.json); it is required.")
-    return tokenizer, encoder.to(device).eval()
-
-
-def _hidden_size(encoder: Any) -> int:
-    config = encoder.config
-    return int(getattr(config, "d_model", None) or config.hidden_size)
-
-
-def _initial_max_seq_length(
-    checkpoint: Checkpoint, profile: profiles.ModelProfile, encoder: Any
-) -> int:
-    limit = profile.max_seq_length or checkpoint.max_seq_length or 512
-    positions = getattr(encoder.config, "max_position_embeddings", None)
-    return min(limit, positions) if positions else limit

@@ -1,0 +1,5 @@
+"""``python -m instructor_search.indexer.cli``: the same as ``instructor-index``."""
+
+from . import main
+
+main()

@@ -1,0 +1,68 @@
+"""``ui``: the Streamlit search page for an index."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .common import errors_as_messages
+
+
+@click.command()
+@click.argument("index_path", metavar="INDEX", type=click.Path(path_type=Path))
+@click.option("--port", default=8501, show_default=True, help="Port to serve on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (0.0.0.0 exposes it to your network).",
+)
+@errors_as_messages
+def ui(index_path: Path, port: int, host: str) -> None:
+    """Serve the search page for an index in your browser (needs the [ui] extra).
+
+    \b
+    Example:
+        instructor-index ui ./my-index --port 8502
+    """
+    import importlib.util
+    import os
+    import subprocess
+
+    from instructor_search.store.index import Index
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise click.ClickException("The page needs Streamlit: pip install 'instructor-search[ui]'")
+    with Index.open(index_path, readonly=True):  # a clear error now rather than on the page
+        pass
+    from instructor_search import ui as ui_package
+
+    app = Path(ui_package.__file__).parent / "app.py"
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--",
+        "--index",
+        str(index_path.resolve()),
+    ]
+    click.echo(f"Serving the search page for {index_path} at http://{host}:{port}  (Ctrl+C stops)")
+    env = {**os.environ, "INSTRUCTOR_SEARCH_INDEX": str(index_path.resolve())}
+    if os.name == "posix":  # become Streamlit: stopping this process stops the server
+        os.execve(sys.executable, command, env)
+    try:
+        sys.exit(subprocess.call(command, env=env))
+    except KeyboardInterrupt:
+        sys.exit(0)

@@ -13,9 +13,13 @@ from __future__ import annotations
 import errno
 import io
 import itertools
+import logging
 import os
 import re
+import stat
+import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
@@ -25,6 +29,8 @@ from instructor_search.errors import ReaderError
 
 from .reader_base import FoundFile, ReaderSettings, ReadFailure, Skipped, Unreadable, decode_text
 from .records import read_csv, read_json, read_jsonl
+
+logger = logging.getLogger(__name__)
 
 _TITLE_CHARS = 200
 
@@ -46,8 +52,36 @@ def scan(
     """
     source = Path(source)
     if not source.exists():
-        raise ReaderError(f"corpus source {source} does not exist; check the path")
+        raise ReaderError(f"corpus source {escaped(str(source))} does not exist; check the path")
+    if not _is_utf8(str(source)):
+        raise ReaderError(
+            f"corpus source {escaped(str(source))}: its path is not valid UTF-8; rename it"
+        )
     return _scan(Path(os.path.abspath(source)), settings)
+
+
+def escaped(path: str) -> str:
+    """A path as printable text: bytes that are not UTF-8 (held as surrogates) as ``\\xNN``."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file or a folder is, in words."""
+    kinds = (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((what for test, what in kinds if test(mode)), "a special file")
 
 
 def _scan(source: Path, settings: ReaderSettings) -> Iterator[ScanItem]:
@@ -58,7 +92,7 @@ def _scan(source: Path, settings: ReaderSettings) -> Iterator[ScanItem]:
     elif source.is_file():
         found = [(source, source.name)]
     else:
-        found = [Skipped(source.name, "not a regular file")]
+        found = [Skipped(source.name, f"{_kind(source.stat().st_mode)}, not a regular file")]
     for item in found:
         if not isinstance(item, tuple):
             yield item
@@ -84,6 +118,10 @@ def _walk(
         child, path = f"{rel}/{entry.name}" if rel else entry.name, folder / entry.name
         if entry.name.startswith("."):
             continue
+        if not _is_utf8(entry.name):  # it could be neither stored nor printed as text
+            why = "its name is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf-8)"
+            yield ReadFailure(escaped(child), None, f"{why}, or exclude it")
+            continue
         try:
             is_dir, is_file = entry.is_dir(), entry.is_file()
         except OSError:  # e.g. a link to itself
@@ -94,19 +132,21 @@ def _walk(
         elif is_file:
             yield path, child
         elif entry.is_symlink():
-            loop = _stat_errno(path) == errno.ELOOP
-            why = "symlink loop" if loop else f"broken symlink to {os.readlink(path)}"
-            yield ReadFailure(child, None, f"{why}; fix or remove the link, or exclude it")
+            yield _link_item(path, child)
         else:
-            yield Skipped(child, "not a regular file")
+            kind = _kind(entry.stat(follow_symlinks=False).st_mode)
+            yield Skipped(child, f"{kind}, not a regular file")
 
 
-def _stat_errno(path: Path) -> int | None:
+def _link_item(path: Path, child: str) -> ReadFailure | Skipped:
+    """A symlink to neither a file nor a folder: broken, a loop, or a link to a device."""
+    target = escaped(os.readlink(path))
     try:
-        os.stat(path)
+        mode = os.stat(path).st_mode
     except OSError as exc:
-        return exc.errno
-    return None
+        why = "symlink loop" if exc.errno == errno.ELOOP else f"broken symlink to {target}"
+        return ReadFailure(child, None, f"{why}; fix or remove the link, or exclude it")
+    return Skipped(child, f"symlink to {target}, {_kind(mode)}, not a regular file")
 
 
 def _matches(rel: str, pattern: str) -> bool:
@@ -295,11 +335,12 @@ def _read_pdf(file: FoundFile) -> Iterator[Document]:
     if not (data := file.path.read_bytes()).strip():
         raise Unreadable("empty file")
     try:
-        pdf = PdfReader(io.BytesIO(data))
-        if pdf.is_encrypted and not pdf.decrypt(""):
-            raise Unreadable("encrypted PDF; save a copy without a password")
-        pages = [(page.extract_text() or "").strip() for page in pdf.pages]
-        info_title = pdf.metadata.title if pdf.metadata else None
+        with _pypdf_logged_as_ours(file.rel):
+            pdf = PdfReader(io.BytesIO(data))
+            if pdf.is_encrypted and not pdf.decrypt(""):
+                raise Unreadable("encrypted PDF; save a copy without a password")
+            pages = [(page.extract_text() or "").strip() for page in pdf.pages]
+            info_title = pdf.metadata.title if pdf.metadata else None
     except Unreadable:
         raise
     except Exception as exc:  # pypdf raises many kinds of errors on damaged files
@@ -309,6 +350,36 @@ def _read_pdf(file: FoundFile) -> Iterator[Document]:
         raise Unreadable("no extractable text (a scanned PDF?); run OCR on it first")
     title = info_title.strip() if isinstance(info_title, str) else ""
     yield _file_document(file, title or _first_line(text), text)
+
+
+class _ToOurLog(logging.Handler):
+    """Re-logs pypdf's records on our logger at INFO, named by the file (``-v`` shows them)."""
+
+    def __init__(self, rel: str) -> None:
+        super().__init__()
+        self.rel = rel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger.info("%s: pypdf: %s", self.rel, record.getMessage())
+
+
+@contextmanager
+def _pypdf_logged_as_ours(rel: str) -> Iterator[None]:
+    """pypdf's own warnings (log records and ``warnings.warn``) about a damaged PDF go to our
+    log at INFO instead of beside the build's one line per failure."""
+    pypdf_log = logging.getLogger("pypdf")
+    handler, propagate = _ToOurLog(rel), pypdf_log.propagate
+    pypdf_log.addHandler(handler)
+    pypdf_log.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for warning in caught:
+            logger.info("%s: pypdf: %s", rel, warning.message)
+    finally:
+        pypdf_log.removeHandler(handler)
+        pypdf_log.propagate = propagate
 
 
 _READERS: dict[str, Reader] = {

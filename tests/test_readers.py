@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -434,3 +435,57 @@ def test_symlinks(tmp_path: Path) -> None:
     assert set(reasons) == {"dangling.txt", "self", "sub/loop"}
     assert "symlink loop" in reasons["sub/loop"] and "symlink loop" in reasons["self"]
     assert "broken symlink" in reasons["dangling.txt"]
+
+
+# -- names and kinds of files that are not text files ------------------------------------------
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_escaped_and_the_scan_goes_on(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "corpus"
+    write(root / "good.md", "# Good\n\ntext")
+    bad_file = os.fsencode(root) + b"/caf\xe9.md"  # Latin-1 bytes: not UTF-8
+    with open(bad_file, "wb") as handle:
+        handle.write(b"# Cafe\n\ntext")
+    os.mkdir(os.fsencode(root) + b"/d\xfcr")
+    with open(os.fsencode(root) + b"/d\xfcr/inner.md", "wb") as handle:
+        handle.write(b"# Inner\n\ntext")
+    docs, failures, skipped = run(root)
+    assert list(docs) == ["good.md"] and not skipped
+    reasons = {f.path: f.reason for f in failures}
+    assert set(reasons) == {"caf\\xe9.md", "d\\xfcr"}  # printable, what `ls -b` shows
+    assert all("not valid UTF-8" in reason for reason in reasons.values())
+    for path in reasons:
+        path.encode("utf-8")  # what once crashed a build: a name SQLite cannot store
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_links_to_devices_and_pipes_are_named_for_what_they_are(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    write(root / "good.txt", "text")
+    os.symlink("/dev/zero", root / "zero.txt")
+    os.mkfifo(root / "pipe.txt")
+    docs, failures, skipped = run(root)
+    assert list(docs) == ["good.txt"] and not failures
+    reasons = {s.path: s.reason for s in skipped}
+    assert reasons["zero.txt"] == "symlink to /dev/zero, a character device, not a regular file"
+    assert reasons["pipe.txt"] == "a named pipe (FIFO), not a regular file"
+    single = run(root / "zero.txt")[2]
+    assert [s.reason for s in single] == ["a character device, not a regular file"]
+
+
+def test_pypdf_warnings_go_to_our_log_with_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = make_pdf(["Hello page"])
+    at = data.rfind(b"startxref\n") + len(b"startxref\n")
+    write(tmp_path / "c" / "damaged.pdf", data[:at] + b"9" + data[at:])  # a wrong xref offset
+    caplog.set_level(logging.DEBUG)
+    docs, failures, _ = run(tmp_path / "c")
+    assert list(docs) == ["damaged.pdf"] and not failures  # pypdf repairs it
+    assert not [r for r in caplog.records if r.name.startswith("pypdf")]
+    ours = [r for r in caplog.records if r.name.endswith("indexer.readers")]
+    assert ours and all(r.levelno == logging.INFO for r in ours)
+    assert "damaged.pdf: pypdf: incorrect startxref" in ours[0].getMessage()
+    assert logging.getLogger("pypdf").propagate  # left as it was

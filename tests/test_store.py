@@ -18,7 +18,8 @@ from instructor_search.errors import (
     IndexStoreError,
 )
 from instructor_search.store import vectors
-from instructor_search.store.index import MATCHING_CACHE, CollectionSettings, Index, IndexStats
+from instructor_search.store.fields import MATCHING_CACHE
+from instructor_search.store.index import CollectionSettings, Index, IndexStats
 from instructor_search.store.migrations import MIGRATIONS, SCHEMA_VERSION
 
 DIM = 16

@@ -1,12 +1,19 @@
-"""``where`` filters: a dict on document fields and metadata, compiled to parameterised SQL.
+"""``where`` filters: a dict on document fields and metadata, checked against the fields an index
+knows and compiled to parameterised SQL.
 
-User values only ever reach SQLite as bound parameters; field names are checked against the
-fields the index knows, so a filter can never run SQL of its own.
+:func:`validate_where` is the one check: unknown fields, unknown operators, and values whose type
+cannot match the field's kind (``{"size": {">=": "abc"}}``, ``{"title": {">=": 5}}``) are a
+:class:`FilterError` that names the field, its kind and the value, never a silent 0 or all hits.
+:func:`where_sql` runs it first, so every caller (Retriever, CLI, page, HTTP server) gets it; it
+needs only :meth:`Index.fields`, no model. User values only ever reach SQLite as bound
+parameters, and field names are checked, so a filter can never run SQL of its own.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,14 +33,114 @@ BUILTIN_FIELDS = {
     "size": ("size", "number"),
     "indexed_at": ("indexed_at", "text"),
 }
+#: What a value of each field kind must be (kinds ``null`` and ``mixed`` take any scalar).
+_EXPECTED = {"text": "text (a str)", "number": "a number", "bool": "true/false (or 1/0)"}
+_LISTS = (list, tuple, set, frozenset)
 
 
-def _filter_value(field: str, value: Any) -> Any:
+@dataclass(frozen=True)
+class Condition:
+    """One checked condition: ``field op value``; ``op`` ``in`` takes a tuple of values, ``any``
+    (on a list-valued field) matches documents whose list holds any of them."""
+
+    field: str
+    kind: str
+    op: str
+    value: Any
+
+
+def _scalar(field: str, value: Any) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
     if value is None or isinstance(value, (str, int, float)):
-        return int(value) if isinstance(value, bool) else value
+        return value
     raise FilterError(f"Filter value for {field!r} must be a str, number, bool or None: {value!r}")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a bool"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "text"
+
+
+def _typed(field: str, kind: str, value: Any, op: str) -> Any:
+    """``value`` as SQLite compares it for a field of ``kind``; a FilterError when it cannot
+    match that kind (text against numbers, numbers against text, anything but true/false or
+    1/0 against booleans)."""
+    value = _scalar(field, value)
+    if value is None:
+        if op in ("=", "!=", "in", "any"):
+            return None
+        raise FilterError(f"{field!r} {op} None: only = and != compare with None")
+    if isinstance(value, float) and math.isnan(value):
+        raise FilterError(f"Filter value for {field!r} is NaN, which matches nothing")
+    fits = {
+        "text": isinstance(value, str),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)),
+    }.get(kind, True)
+    if not fits:
+        raise FilterError(
+            f"Filter on {field!r}: it is a {kind} field, so {value!r} ({_describe(value)}) "
+            f"cannot match it; give {_EXPECTED[kind]}"
+        )
+    if kind == "bool" and op not in ("=", "!=", "in", "any"):
+        raise FilterError(
+            f"Filter on {field!r}: it is a bool field; compare it with = or != only, not {op}"
+        )
+    return int(value) if isinstance(value, bool) else value
+
+
+def _field_conditions(field: str, kind: str, condition: Any) -> list[Condition]:
+    if kind == "json":  # a list-valued field (tags): a value or a list of values, any of them
+        if isinstance(condition, Mapping):
+            raise FilterError(
+                f"Filter on {field!r}: it holds lists, so it takes a value or a list of values "
+                f"(documents holding any of them), not operators: {dict(condition)!r}"
+            )
+        members = condition if isinstance(condition, _LISTS) else [condition]
+        values = tuple(_typed(field, kind, v, "any") for v in members)
+        return [Condition(field, kind, "any", values)]
+    if isinstance(condition, _LISTS):
+        values = tuple(_typed(field, kind, v, "in") for v in condition)
+        return [Condition(field, kind, "in", values)]
+    if not isinstance(condition, Mapping):
+        return [Condition(field, kind, "=", _typed(field, kind, condition, "="))]
+    if not condition:
+        raise FilterError(f"Empty condition for {field!r}")
+    checked = []
+    for op, value in condition.items():
+        if op not in OPERATORS:
+            raise FilterError(
+                f"Unknown operator {op!r} for {field!r}; valid operators: " + ", ".join(OPERATORS)
+            )
+        checked.append(Condition(field, kind, op, _typed(field, kind, value, op)))
+    return checked
+
+
+def validate_where(where: Mapping[str, Any], fields: Mapping[str, str]) -> list[Condition]:
+    """Check ``where`` against ``fields`` (:meth:`Index.fields`: name -> kind) without touching
+    the index; the checked conditions, or a :class:`FilterError` saying what cannot match."""
+    if not isinstance(where, Mapping):
+        raise FilterError(f"where must be a dict of field -> condition, got {where!r}")
+    conditions: list[Condition] = []
+    for field, condition in where.items():
+        if field not in fields:
+            raise FilterError(
+                f"Unknown filter field {field!r}; known fields: {', '.join(sorted(fields))}"
+            )
+        conditions += _field_conditions(field, fields[field], condition)
+    return conditions
+
+
+def _expression(field: str) -> tuple[str, list[Any]]:
+    if field in BUILTIN_FIELDS:
+        return f'd."{BUILTIN_FIELDS[field][0]}"', []
+    if '"' in field:  # a JSON path cannot quote it: look the key up exactly
+        return "(SELECT value FROM json_each(d.metadata) WHERE key = ?)", [field]
+    return "json_extract(d.metadata, ?)", [f'$."{field}"']
 
 
 def where_sql(where: Mapping[str, Any], known: Mapping[str, str]) -> tuple[str, list[Any]]:
@@ -43,63 +150,30 @@ def where_sql(where: Mapping[str, Any], known: Mapping[str, str]) -> tuple[str, 
     comparisons (``= != < <= > >=``; ``None`` means NULL), keys ANDed. Field names must be in
     ``known``; built-in fields are columns, others metadata keys read with ``json_extract``.
     On a list-valued metadata field (kind ``json``, e.g. ``tags``) a value or a list of values
-    matches documents holding any of them.
+    matches documents holding any of them. Checked by :func:`validate_where` first.
     """
-    if not isinstance(where, Mapping):
-        raise FilterError(f"where must be a dict of field -> condition, got {where!r}")
     clauses: list[str] = []
     params: list[Any] = []
-    for field, condition in where.items():
-        if field not in known:
-            raise FilterError(
-                f"Unknown filter field {field!r}; known fields: {', '.join(sorted(known))}"
-            )
-        if field in BUILTIN_FIELDS:
-            expr, expr_params = f'd."{BUILTIN_FIELDS[field][0]}"', []
-        elif '"' in field:  # a JSON path cannot quote it: look the key up exactly
-            expr, expr_params = (
-                "(SELECT value FROM json_each(d.metadata) WHERE key = ?)",
-                [field],
-            )
-        else:
-            expr, expr_params = "json_extract(d.metadata, ?)", [f'$."{field}"']
-        if known[field] == "json" and not isinstance(condition, Mapping):
-            members = (
-                condition if isinstance(condition, (list, tuple, set, frozenset)) else [condition]
-            )
-            values = [_filter_value(field, v) for v in members]
+    for condition in validate_where(where, known):
+        field, op, value = condition.field, condition.op, condition.value
+        if op == "any":
+            if not value:
+                clauses.append("0")
+                continue
             clauses.append(
-                f"EXISTS (SELECT 1 FROM json_each(d.metadata, ?) j WHERE j.value IN "
-                f"({', '.join('?' * len(values))}))"
-                if values
-                else "0"
+                "EXISTS (SELECT 1 FROM json_each(d.metadata, ?) j WHERE j.value IN "
+                f"({', '.join('?' * len(value))}))"
             )
-            params += [f'$."{field}"', *values] if values else []
+            params += [f'$."{field}"', *value]
             continue
-        if isinstance(condition, Mapping):
-            if not condition:
-                raise FilterError(f"Empty condition for {field!r}")
-            comparisons = list(condition.items())
-        elif isinstance(condition, (list, tuple, set, frozenset)):
-            values = [_filter_value(field, v) for v in condition]
-            clauses.append(f"{expr} IN ({', '.join('?' * len(values))})" if values else "0")
-            params += expr_params + values if values else []
-            continue
+        expr, expr_params = _expression(field)
+        if op == "in":
+            clauses.append(f"{expr} IN ({', '.join('?' * len(value))})" if value else "0")
+            params += expr_params + list(value) if value else []
+        elif value is None:
+            clauses.append(f"{expr} IS {'NOT ' if op == '!=' else ''}NULL")
+            params += expr_params
         else:
-            comparisons = [("=", condition)]
-        for op, value in comparisons:
-            if op not in OPERATORS:
-                raise FilterError(
-                    f"Unknown operator {op!r} for {field!r}; valid operators: "
-                    + ", ".join(OPERATORS)
-                )
-            value = _filter_value(field, value)
-            if value is None and op in ("=", "!="):
-                clauses.append(f"{expr} IS {'NOT ' if op == '!=' else ''}NULL")
-                params += expr_params
-            elif value is None:
-                raise FilterError(f"{field!r} {op} None: only = and != compare with None")
-            else:
-                clauses.append(f"{expr} {op} ?")
-                params += [*expr_params, value]
+            clauses.append(f"{expr} {op} ?")
+            params += [*expr_params, value]
     return " AND ".join(clauses) or "1", params

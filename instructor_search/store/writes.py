@@ -1,0 +1,111 @@
+"""The write path of an index: documents with their chunks, embeddings and FTS5 rows upserted
+or deleted, each call one transaction that bumps the generation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import PurePosixPath
+
+import numpy as np
+
+from ..documents import Chunk, Document
+from ..errors import IndexMismatchError, InputError
+from .connection import IndexBase, locked, utc_now
+
+
+def document_fields(doc: Document) -> tuple[float | None, int, str | None, str]:
+    """(mtime, size, type, folder): from metadata when given, else from the id and text."""
+    meta = doc.metadata
+    mtime = meta.get("mtime")
+    mtime = (
+        float(mtime) if isinstance(mtime, (int, float)) and not isinstance(mtime, bool) else None
+    )
+    size = meta.get("size")
+    size = size if isinstance(size, int) else len(doc.text.encode("utf-8"))
+    kind = meta.get("type") or PurePosixPath(doc.source or doc.id).suffix.lstrip(".").lower()
+    folder = meta.get("folder") or str(PurePosixPath(doc.id).parent)
+    return mtime, size, str(kind) if kind else None, "" if folder == "." else str(folder)
+
+
+class IndexWrites(IndexBase):
+    """Upserts and deletes (part of :class:`~instructor_search.store.index.Index`)."""
+
+    def _remove_chunks(self, doc_id: str) -> None:
+        # A contentless FTS5 table deletes a row given the values it indexed.
+        self._db.execute(
+            "INSERT INTO chunks_fts (chunks_fts, rowid, text, title) SELECT 'delete', c.id, "
+            "c.text, d.title FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE c.doc_id = ?",
+            [doc_id],
+        )
+        self._db.execute("DELETE FROM chunks WHERE doc_id = ?", [doc_id])
+
+    @locked
+    def document_hashes(self) -> dict[str, str]:
+        """``{doc_id: content_hash}`` of every stored document (what an incremental build diffs)."""
+        return dict(self._db.execute("SELECT id, content_hash FROM documents").fetchall())
+
+    @locked
+    def document_sources(self) -> dict[str, str]:
+        """``{doc_id: source}`` of every stored document (what a build checks for deletions)."""
+        return dict(self._db.execute("SELECT id, source FROM documents").fetchall())
+
+    def _checked(self, doc: Document, chunks: Sequence[Chunk], emb: np.ndarray) -> np.ndarray:
+        matrix = np.ascontiguousarray(emb, dtype=np.float32)
+        dim = self.settings.dimension
+        if matrix.size == 0 and not chunks:
+            return matrix.reshape(0, dim)
+        if matrix.ndim != 2 or matrix.shape[1] != dim:
+            raise IndexMismatchError(
+                f"Embeddings of {doc.id!r} have shape {matrix.shape}, but the index holds "
+                f"{dim}-dimensional vectors of model {self.settings.model!r}; "
+                "embed with that model or pass --rebuild to start over (re-embeds everything)"
+            )
+        if len(matrix) != len(chunks):
+            raise InputError(f"{doc.id!r}: {len(chunks)} chunks but {len(matrix)} embeddings")
+        if not np.isfinite(matrix).all():
+            raise InputError(f"{doc.id!r}: embeddings contain NaN or infinity")
+        return matrix
+
+    @locked
+    def upsert(self, batch: Sequence[tuple[Document, Sequence[Chunk], np.ndarray]]) -> None:
+        """Insert or replace documents with their chunks and embeddings, in one transaction."""
+        items = [(doc, list(chunks), self._checked(doc, chunks, emb)) for doc, chunks, emb in batch]
+        if not items:
+            return
+        now = utc_now()
+        with self._write():
+            for doc, chunks, matrix in items:
+                self._remove_chunks(doc.id)
+                mtime, size, kind, folder = document_fields(doc)
+                meta = json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True, default=str)
+                self._db["documents"].insert(
+                    {"id": doc.id, "source": doc.source, "title": doc.title, "text": doc.text}
+                    | {"metadata": meta, "content_hash": doc.content_hash, "mtime": mtime}
+                    | {"size": size, "type": kind, "folder": folder, "indexed_at": now},
+                    replace=True,
+                )
+                self._db["chunks"].insert_all(
+                    {"doc_id": doc.id, "ordinal": c.ordinal, "text": c.text, "start": c.start}
+                    | {"end": c.end, "token_count": c.token_count, "embedding": v.tobytes()}
+                    for c, v in zip(chunks, matrix, strict=True)
+                )
+                self._db.execute(
+                    "INSERT INTO chunks_fts (rowid, text, title) "
+                    "SELECT id, text, ? FROM chunks WHERE doc_id = ?",
+                    [doc.title, doc.id],
+                )
+            self._bump()
+
+    @locked
+    def delete(self, doc_ids: Iterable[str]) -> int:
+        """Remove documents (and their chunks) in one transaction; how many were removed."""
+        ids = [doc_ids] if isinstance(doc_ids, str) else list(dict.fromkeys(doc_ids))
+        removed = 0
+        with self._write():
+            for doc_id in ids:
+                self._remove_chunks(doc_id)
+                removed += self._db.execute("DELETE FROM documents WHERE id = ?", [doc_id]).rowcount
+            if removed:
+                self._bump()
+        return removed

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..documents import Document
-from ..errors import FilterError, InputError, InstructorSearchError, ModelError, IndexStoreError
+from ..errors import FilterError, IndexStoreError, InputError, InstructorSearchError, ModelError
 from ..search.retriever import Retriever
 from .guards import BearerKey, BodyLimit
 from .live import LiveIndex
@@ -188,7 +188,8 @@ def _add_routes(app: FastAPI, live: LiveIndex, settings: ServerSettings) -> None
         """What the index holds and how it was built (``instructor-index info``)."""
         stats, backend = live.call(lambda r: (r.index.stats(), r.model.backend))
         return {"index": stats.to_dict(), "backend": backend, "max_k": settings.max_k} | {
-            "max_batch": settings.max_batch, "watching": list(settings.watching)
+            "max_batch": settings.max_batch,
+            "watching": list(settings.watching),
         }
 
     @app.get("/documents/{doc_id:path}", response_model=Document)

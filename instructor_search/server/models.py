@@ -13,7 +13,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..documents import Document
 from ..search.retriever import DEFAULT_MODE, MODES, Hit
 from ..store.index import IndexStats
 
@@ -24,7 +23,7 @@ _MODE = Field(
 )
 _WHERE = Field(
     None,
-    description='Filter on document fields and metadata before the search, e.g. '
+    description="Filter on document fields and metadata before the search, e.g. "
     '{"type": ["pdf", "md"], "year": {">=": 2020}}.',
 )
 

@@ -36,13 +36,13 @@ EXIT_INTERRUPTED = 130
 @click.option("--epochs", default=1, show_default=True, help="Passes over the training pairs.")
 @click.option("--batch-size", default=32, show_default=True, help="Queries per step.")
 @click.option("--learning-rate", default=2e-5, show_default=True, help="AdamW learning rate.")
-@click.option(
-    "--temperature", default=0.1, show_default=True, help="Contrastive loss temperature."
-)
+@click.option("--temperature", default=0.1, show_default=True, help="Contrastive loss temperature.")
 @click.option(
     "--warmup-ratio", default=0.1, show_default=True, help="Share of steps warming up the rate."
 )
-@click.option("--max-steps", default=None, type=int, help="Stop after this many steps.")
+@click.option(
+    "--max-steps", default=None, type=int, help="Train this many steps (overrides --epochs)."
+)
 @click.option(
     "--hard-negatives",
     default=1,

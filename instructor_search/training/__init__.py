@@ -19,7 +19,15 @@ _LAZY = {
     "RECORD_FILE": "output",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "RECORD_FILE",
+    "Example",
+    "TrainingData",
+    "TuneReport",
+    "TuneSettings",
+    "load_training_data",
+    "tune",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -141,7 +141,9 @@ def _load_beir(
     if eval_split is None and (folder / "qrels" / "dev.tsv").is_file():
         eval_split = "dev"
     if eval_split is not None:
-        eval_qrels, eval_name, eval_file = _held_out(folder, eval_split, train, seed, queries, corpus)
+        eval_qrels, eval_name, eval_file = _held_out(
+            folder, eval_split, train, seed, queries, corpus
+        )
         if eval_file is not None:
             read.append(eval_file)
     examples = []
@@ -227,9 +229,7 @@ def _held_out(
         random.Random(seed).shuffle(ids)
         count = max(1, round(len(ids) * share))
         if count >= len(ids):
-            raise InputError(
-                f"--eval-split {split} would hold out all {len(ids)} training queries"
-            )
+            raise InputError(f"--eval-split {split} would hold out all {len(ids)} training queries")
         return {qid: train[qid] for qid in ids[:count]}, f"{count} held-out training queries", None
     path = Path(split) if split.endswith(".tsv") else folder / "qrels" / f"{split}.tsv"
     return _checked_qrels(path, queries, corpus), str(path), path

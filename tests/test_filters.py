@@ -1,0 +1,163 @@
+"""``where`` values checked against their field's kind: a value that cannot match is an error
+naming the field, its kind and the value, on every path (the pure check, the store's lookups,
+the CLI), never a silent 0 or all hits. Real SQLite in tmp_path, random normalised vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from instructor_search.documents import Chunk, Document
+from instructor_search.errors import FilterError
+from instructor_search.store.filters import validate_where
+from instructor_search.store.index import CollectionSettings, Index
+
+DIM = 8
+SETTINGS = CollectionSettings(
+    model="test-model",
+    model_fingerprint="sha256:test",
+    dimension=DIM,
+    document_instruction="",
+    query_instruction="",
+    chunk_tokens=64,
+    chunk_overlap=0,
+)
+#: Metadata of the three documents: a number, a bool, a list and a field of mixed types.
+METADATA = {
+    "a.md": {"year": 2020, "draft": True, "tags": ["x", "y"], "code": 7},
+    "b.md": {"year": 2023, "draft": False, "tags": ["y"], "code": "B7"},
+    "c.md": {"year": None, "draft": False, "tags": [], "code": 9},
+}
+
+
+def _item(doc_id: str, rng: np.random.Generator):
+    text = f"notes about {doc_id}"
+    vector = rng.standard_normal((1, DIM)).astype(np.float32)
+    document = Document(
+        doc_id, text, title=doc_id.upper(), source=doc_id, metadata=METADATA[doc_id]
+    )
+    return document, [Chunk(0, text, 0, len(text), 3)], vector / np.linalg.norm(vector)
+
+
+@pytest.fixture
+def index(tmp_path):
+    rng = np.random.default_rng(0)
+    with Index.create(tmp_path / "idx", SETTINGS) as ix:
+        ix.upsert([_item(doc_id, rng) for doc_id in METADATA])
+        yield ix
+
+
+def docs(index: Index, where) -> list[str]:
+    return sorted({c.doc_id for c in index.chunks(index.matching_chunk_ids(where))})
+
+
+def test_the_index_knows_the_kinds(index):
+    fields = index.fields()
+    assert (fields["year"], fields["draft"], fields["tags"], fields["code"]) == (
+        "number",
+        "bool",
+        "json",
+        "mixed",
+    )
+    assert (fields["size"], fields["title"]) == ("number", "text")
+
+
+@pytest.mark.parametrize(
+    ("where", "field", "kind", "shown"),
+    [
+        ({"size": {"<": "abc"}}, "size", "number", "'abc'"),
+        ({"size": "abc"}, "size", "number", "'abc'"),
+        ({"size": {">=": "abc"}}, "size", "number", "'abc'"),
+        ({"year": "2021"}, "year", "number", "'2021'"),  # a digit string is text, not 2021
+        ({"year": ["2020", 2023]}, "year", "number", "'2020'"),
+        ({"year": {">=": True}}, "year", "number", "True"),
+        ({"title": {">=": 5}}, "title", "text", "5"),
+        ({"title": 5}, "title", "text", "5"),
+        ({"doc_id": [1.5]}, "doc_id", "text", "1.5"),
+        ({"draft": "yes"}, "draft", "bool", "'yes'"),
+        ({"draft": 2}, "draft", "bool", "2"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_an_error_naming_it(index, where, field, kind, shown):
+    for check in (
+        lambda: validate_where(where, index.fields()),
+        lambda: index.matching_chunk_ids(where),
+        lambda: index.keyword_search("notes", 5, where=where),
+        lambda: index.search_vectors(np.ones((1, DIM), np.float32), 3, where),
+    ):
+        with pytest.raises(FilterError) as raised:
+            check()
+        message = str(raised.value)
+        assert repr(field) in message and f"{kind} field" in message and shown in message
+
+
+def test_operators_that_cannot_mean_anything(index):
+    with pytest.raises(FilterError, match=r"'draft'.*bool field.*= or !="):
+        index.matching_chunk_ids({"draft": {">": 0}})
+    with pytest.raises(FilterError, match=r"'tags'.*holds lists"):
+        index.matching_chunk_ids({"tags": {">=": "x"}})
+    with pytest.raises(FilterError, match="NaN"):
+        index.matching_chunk_ids({"year": float("nan")})
+    with pytest.raises(FilterError, match="only = and !="):
+        index.matching_chunk_ids({"year": {"<": None}})
+
+
+def test_values_of_the_right_kind_still_match(index):
+    assert docs(index, {"year": {">=": 2021}}) == ["b.md"]
+    assert docs(index, {"year": 2020.0}) == ["a.md"]
+    assert docs(index, {"year": np.int64(2023)}) == ["b.md"]
+    assert docs(index, {"year": None}) == ["c.md"]
+    assert docs(index, {"year": {"!=": None}}) == ["a.md", "b.md"]
+    assert docs(index, {"draft": True}) == docs(index, {"draft": 1}) == ["a.md"]
+    assert docs(index, {"draft": {"!=": True}}) == ["b.md", "c.md"]
+    assert docs(index, {"tags": "y"}) == ["a.md", "b.md"]
+    assert docs(index, {"tags": ["x", "z"]}) == ["a.md"]
+    assert docs(index, {"code": 7}) == ["a.md"]  # a field of mixed kinds takes either
+    assert docs(index, {"code": "B7"}) == ["b.md"]
+    assert docs(index, {"title": {">=": "B"}}) == ["b.md", "c.md"]
+    assert docs(index, {"size": {">=": 0}}) == ["a.md", "b.md", "c.md"]
+
+
+def test_validate_where_needs_only_the_field_kinds():
+    fields = {"size": "number", "title": "text"}
+    assert [c.op for c in validate_where({"size": {">": 1, "<": 9}, "title": "x"}, fields)] == [
+        ">",
+        "<",
+        "=",
+    ]
+    with pytest.raises(FilterError, match="Unknown filter field 'colour'"):
+        validate_where({"colour": "red"}, fields)
+    with pytest.raises(FilterError, match=r"'size'.*number field.*'abc'"):
+        validate_where({"size": "abc"}, fields)
+    with pytest.raises(FilterError, match="where must be a dict"):
+        validate_where([("size", 1)], fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_cli_where_of_the_wrong_kind_fails(tmp_path, tiny_path):
+    from instructor_search.indexer.cli import cli
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "note.md").write_text("# Note\n\nA short note about sourdough bread.")
+    index = tmp_path / "index"
+    runner = CliRunner()
+    built = runner.invoke(
+        cli, ["build", str(corpus), "--index", str(index), "--model", str(tiny_path), "-q"]
+    )
+    assert built.exit_code == 0, built.output
+    for condition, field, kind in (
+        ("size<abc", "size", "number"),
+        ("size=abc", "size", "number"),
+        ("title>=5", "title", "text"),
+    ):
+        result = runner.invoke(
+            cli, ["search", str(index), "bread", "--mode", "keyword", "--where", condition]
+        )
+        assert result.exit_code == 1, result.output
+        assert f"'{field}'" in result.output and f"{kind} field" in result.output
+    fine = runner.invoke(
+        cli, ["search", str(index), "bread", "--mode", "keyword", "--where", "size>=1", "--json"]
+    )
+    assert fine.exit_code == 0 and '"note.md"' in fine.output

@@ -16,6 +16,7 @@ from instructor_search import __version__
 from .index_commands import build, delete, info
 from .search_commands import evaluate, parse_where, search
 from .serve_commands import serve, watch
+from .shard_commands import export, ingest
 from .tune_command import tune
 from .ui_command import ui
 
@@ -44,6 +45,8 @@ for command in (build, info, delete, search, evaluate, ui):
 cli.add_command(serve)
 cli.add_command(watch)
 cli.add_command(tune)
+cli.add_command(ingest)
+cli.add_command(export)
 
 
 def main() -> None:

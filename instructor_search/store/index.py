@@ -13,8 +13,10 @@ other processes never see a half-written state.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import (
     IndexCorruptError,
@@ -28,7 +30,11 @@ from .connection import connect, utc_now, writer_pragmas
 from .derived import INDEX_FILE, KEYWORDS_FILE, VECTORS_FILE
 from .migrations import SCHEMA_VERSION, migrate, pending_migrations
 from .reads import ChunkRecord, IndexReads
+from .shards import ROWS_PER_FILE, ExportReport, export_shards
 from .writes import IndexWrites
+
+if TYPE_CHECKING:
+    from instructor_search.indexer.build import BuildReport
 
 __all__ = [
     "INDEX_FILE",
@@ -146,6 +152,19 @@ class Index(IndexWrites, IndexReads):
                 + f"\nUse model {held.model!r} with its settings, or pass --rebuild to start over "
                 "(re-embeds everything)."
             )
+
+    # -- shards ------------------------------------------------------------------------------
+
+    def ingest(self, shards: Sequence[str | Path]) -> BuildReport:
+        """Upsert the documents of shard folders (:mod:`.shards`) as a build would: unchanged
+        ones skipped, changed ones replaced; the manifests must match this index."""
+        from instructor_search.indexer.ingest import ingest_into
+
+        return ingest_into(self, [shards] if isinstance(shards, (str, Path)) else shards)
+
+    def export_shards(self, out: str | Path, rows_per_file: int = ROWS_PER_FILE) -> ExportReport:
+        """Write every document with its chunks and embeddings to the shard folder ``out``."""
+        return export_shards(self, out, rows_per_file)
 
     def close(self) -> None:
         """Close the database connection."""

@@ -5,7 +5,7 @@ those derived files in step with SQLite."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,25 @@ class IndexReads(IndexFields):
         return np.frombuffer(bytearray(blob), dtype=np.float32).reshape(
             len(wanted), self.settings.dimension
         )
+
+    def chunk_rows(self, rows_per_part: int) -> Iterator[list[tuple[Any, ...]]]:
+        """Every chunk as ``(doc_id, content_hash, title, source, metadata, ordinal, start,
+        end, text, embedding bytes)`` in chunk id order (a document's chunks are consecutive,
+        by ordinal), in parts of about ``rows_per_part`` rows that never split a document.
+        Iterate it inside :meth:`snapshot`."""
+        cursor = self._db.execute(
+            "SELECT c.doc_id, d.content_hash, d.title, d.source, d.metadata, c.ordinal, "
+            'c.start, c."end", c.text, c.embedding FROM chunks c JOIN documents d '
+            "ON d.id = c.doc_id ORDER BY c.id"
+        )
+        part: list[tuple[Any, ...]] = []
+        for row in cursor:
+            if len(part) >= rows_per_part and row[0] != part[-1][0]:
+                yield part
+                part = []
+            part.append(row)
+        if part:
+            yield part
 
     def _persist(self, force: bool = False) -> None:
         """Writer side, outside a snapshot: write a rebuilt ``vectors.faiss`` and record its

@@ -1,0 +1,99 @@
+"""Ingest: upsert documents with embeddings computed elsewhere, read from shard folders
+(:mod:`instructor_search.store.shards`), exactly as a build would store them: unchanged
+documents (same id and content hash) are skipped, changed ones replaced, new ones added; nothing
+is embedded. The report is a build's (:class:`~.build.BuildReport`); ``chunks_embedded`` counts
+the chunks stored from the shards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from instructor_search.documents import Chunk, Document
+from instructor_search.store.index import Index
+from instructor_search.store.shards import ShardFailure, read_manifest, read_shard, shard_files
+
+from .build import BuildReport, _changed, _open_index
+from .reader_base import ReadFailure
+
+logger = logging.getLogger(__name__)
+
+#: A batch (one transaction) closes after this many documents or chunks.
+BATCH_DOCUMENTS = 256
+BATCH_CHUNKS = 16_384
+
+
+def ingest(
+    shards: Sequence[str | os.PathLike[str]], index_path: str | os.PathLike[str]
+) -> BuildReport:
+    """Create the index at ``index_path`` from the first manifest (or open it and check every
+    manifest against it, as a build checks its model), upsert the shards' documents and bring
+    the derived files up to date."""
+    started = time.perf_counter()
+    folders = [Path(folder) for folder in shards]
+    manifests = [read_manifest(folder) for folder in folders]
+    first = manifests[0].settings()
+    index = _open_index(Path(index_path), first, False, lambda: first.dimension)
+    try:
+        report = ingest_into(index, folders)
+        stats = index.stats()
+        report.documents_total, report.chunks_total = stats.documents, stats.chunks
+    finally:
+        index.close()
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def ingest_into(index: Index, shards: Sequence[str | os.PathLike[str]]) -> BuildReport:
+    """Upsert the documents of ``shards`` into the open ``index`` (what :meth:`Index.ingest`
+    runs); every manifest must match the index's settings."""
+    report = BuildReport()
+    folders = [Path(folder) for folder in shards]
+    manifests = [read_manifest(folder) for folder in folders]
+    for manifest in manifests:
+        index.check_compatible(manifest.settings())
+    stored = index.document_hashes()
+    seen: set[str] = set()
+    batch: list[tuple[Document, list[Chunk], np.ndarray, bool]] = []
+
+    def flush() -> None:
+        if batch:
+            index.upsert([(doc, chunks, vectors) for doc, chunks, vectors, _ in batch])
+            for _, chunks, _, is_update in batch:
+                report.chunks_embedded += len(chunks)
+                if is_update:
+                    report.documents_updated += 1
+                else:
+                    report.documents_added += 1
+            batch.clear()
+
+    for folder, manifest in zip(folders, manifests, strict=True):
+        for file in shard_files(folder):
+            for item in read_shard(file, manifest):
+                if isinstance(item, ShardFailure):
+                    _failed(report, item.path, item.line, item.reason)
+                    continue
+                doc, chunks, vectors = item
+                if doc.id in seen:
+                    _failed(report, str(file), None, f"duplicate id {doc.id!r} (another file)")
+                    continue
+                seen.add(doc.id)
+                for pending, is_update in _changed([doc], stored, report):
+                    batch.append((pending, chunks, vectors, is_update))
+                if len(batch) >= BATCH_DOCUMENTS or sum(len(b[1]) for b in batch) >= BATCH_CHUNKS:
+                    flush()
+    flush()
+    index.sync_derived()
+    return report
+
+
+def _failed(report: BuildReport, path: str, line: int | None, reason: str) -> None:
+    report.failures.append(ReadFailure(path, line, reason))
+    report.documents_failed += 1
+    logger.warning("could not ingest %s%s: %s", path, f":{line}" if line else "", reason)

@@ -221,10 +221,10 @@ def test_file_round_trip(index, tmp_path):
     assert matrix.generation == index.generation and matrix.tokenize == "porter unicode61"
     assert matrix.vocabulary == sorted(matrix.vocabulary) and "run" in matrix.vocabulary
     assert len(matrix.chunk_ids) == index.stats().chunks
-    assert matrix.rows.dtype == np.int32 and matrix.scores.dtype == np.float64
+    assert matrix.rows.dtype == np.int32 and matrix.freq.dtype == np.float32
     keywords.save(matrix, tmp_path / "copy.bm25")
     again = keywords.load(tmp_path / "copy.bm25")
-    for name in ("chunk_ids", "offsets", "rows", "scores"):
+    for name in ("chunk_ids", "lengths", "offsets", "rows", "freq"):
         np.testing.assert_array_equal(getattr(again, name), getattr(matrix, name))
     assert again.vocabulary == matrix.vocabulary
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".keywords.")] == []

@@ -25,13 +25,12 @@ class IndexFields(IndexBase):
     @locked
     def fields(self) -> dict[str, str]:
         """Filterable fields -> kind (text, number, bool, json, null or mixed): the built-in
-        document fields plus every metadata key in the index."""
+        document fields plus every metadata key in the index (from ``field_kinds``, kept by
+        the write path: no scan of the documents)."""
         generation = self.generation
         if self._fields is None or self._fields[0] != generation:
             kinds = {name: kind for name, (_, kind) in BUILTIN_FIELDS.items()}
-            rows = self._db.execute(
-                "SELECT DISTINCT j.key, j.type FROM documents, json_each(documents.metadata) j"
-            )
+            rows = self._db.execute("SELECT key, type FROM field_kinds ORDER BY key, type")
             for key, json_type in rows:
                 if key in BUILTIN_FIELDS:
                     continue

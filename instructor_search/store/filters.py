@@ -135,45 +135,47 @@ def validate_where(where: Mapping[str, Any], fields: Mapping[str, str]) -> list[
     return conditions
 
 
-def _expression(field: str) -> tuple[str, list[Any]]:
-    if field in BUILTIN_FIELDS:
-        return f'd."{BUILTIN_FIELDS[field][0]}"', []
-    if '"' in field:  # a JSON path cannot quote it: look the key up exactly
-        return "(SELECT value FROM json_each(d.metadata) WHERE key = ?)", [field]
-    return "json_extract(d.metadata, ?)", [f'$."{field}"']
+def _metadata_clause(field: str, test: str, params: list[Any], member: int = 0) -> str:
+    """Documents whose metadata ``field`` passes ``test`` (on ``value``), looked up in the
+    ``document_fields`` index instead of each document's JSON."""
+    params.insert(0, member)
+    params.insert(0, field)
+    return f"d.id IN (SELECT doc_id FROM document_fields WHERE key = ? AND member = ? AND {test})"
 
 
 def where_sql(where: Mapping[str, Any], known: Mapping[str, str]) -> tuple[str, list[Any]]:
     """``where`` as an SQL condition on ``documents d``; user values only as bound parameters.
 
     ``{"type": "pdf"}`` equality, ``{"type": ["pdf", "md"]}`` IN, ``{"year": {">=": 2020}}``
-    comparisons (``= != < <= > >=``; ``None`` means NULL), keys ANDed. Field names must be in
-    ``known``; built-in fields are columns, others metadata keys read with ``json_extract``.
-    On a list-valued metadata field (kind ``json``, e.g. ``tags``) a value or a list of values
-    matches documents holding any of them. Checked by :func:`validate_where` first.
+    comparisons (``= != < <= > >=``; ``None`` means NULL: a missing key or a JSON null), keys
+    ANDed. Field names must be in ``known``; built-in fields are (indexed) columns, metadata
+    keys are looked up in the ``document_fields`` index, which holds each document's top-level
+    values as ``json_extract`` gives them. On a list-valued metadata field (kind ``json``, e.g.
+    ``tags``) a value or a list of values matches documents holding any of them. Checked by
+    :func:`validate_where` first.
     """
     clauses: list[str] = []
     params: list[Any] = []
     for condition in validate_where(where, known):
         field, op, value = condition.field, condition.op, condition.value
-        if op == "any":
-            if not value:
-                clauses.append("0")
-                continue
-            clauses.append(
-                "EXISTS (SELECT 1 FROM json_each(d.metadata, ?) j WHERE j.value IN "
-                f"({', '.join('?' * len(value))}))"
-            )
-            params += [f'$."{field}"', *value]
+        if op in ("any", "in") and not value:
+            clauses.append("0")
             continue
-        expr, expr_params = _expression(field)
-        if op == "in":
-            clauses.append(f"{expr} IN ({', '.join('?' * len(value))})" if value else "0")
-            params += expr_params + list(value) if value else []
+        builtin = field in BUILTIN_FIELDS
+        column = f'd."{BUILTIN_FIELDS[field][0]}"' if builtin else "value"
+        if op in ("any", "in"):
+            test, values = f"{column} IN ({', '.join('?' * len(value))})", list(value)
         elif value is None:
-            clauses.append(f"{expr} IS {'NOT ' if op == '!=' else ''}NULL")
-            params += expr_params
+            test, values = f"{column} IS NOT NULL", []
         else:
-            clauses.append(f"{expr} {op} ?")
-            params += [*expr_params, value]
+            test, values = f"{column} {op} ?", [value]
+        if builtin:
+            if value is None:
+                test = f"{column} IS {'NOT ' if op == '!=' else ''}NULL"
+            clauses.append(test)
+        elif value is None and op == "=":  # missing, or null: no non-null value stored
+            clauses.append("NOT " + _metadata_clause(field, test, values))
+        else:
+            clauses.append(_metadata_clause(field, test, values, member=int(op == "any")))
+        params += values
     return " AND ".join(clauses) or "1", params

@@ -12,10 +12,16 @@ with the same scores, because ``bm25()`` is a sum over phrases of a term's per-r
                idf(t) x f(t, r) x (k1 + 1) / (f(t, r) + k1 x (1 - b + b x D(r) / avgdl))
 
 with ``k1 = 1.2``, ``b = 0.75``, ``N`` rows, ``n_t`` rows holding ``t``, ``D(r)`` the row's tokens
-over all columns and ``avgdl`` the mean of ``D``. Every contribution is computed once, in the
-same float64 operations in the same order as FTS5, and stored per posting (term, row); a query
-sums its phrases' postings with :func:`numpy.bincount` in phrase order, as FTS5 does, so the
-scores are the same doubles. Two words stemming to one term are two phrases and count twice.
+over all columns and ``avgdl`` the mean of ``D``. The matrix stores each posting's weighted
+frequency ``f(t, r)`` (multiples of the column weights 1 and 0.5: exact in float32) and each
+row's ``D``; a query computes its terms' contributions from the current ``N``, ``n_t`` and
+``avgdl`` in the same float64 operations in the same order as FTS5 (cached per term), and sums
+them with :func:`numpy.bincount` in phrase order, as FTS5 does, so the scores are the same
+doubles. Two words stemming to one term are two phrases and count twice. Because nothing stored
+depends on the collection's statistics, rows added or deleted since the file was written are a
+small delta (:meth:`KeywordMatrix.with_delta`: the added rows' postings, the deleted rows'
+postings subtracted from ``N``, ``n_t`` and ``avgdl``), tokenised by FTS5 in memory
+(:func:`build_rows`).
 
 Tokens come from FTS5 itself: the document side from an ``fts5vocab`` ``instance`` table over
 ``chunks_fts``; the query side by inserting each word into an in-memory FTS5 table made with the
@@ -26,17 +32,21 @@ File format (``keywords.bm25``), little-endian::
 
     magic b"ISKW" | version u16 | reserved u16 | generation i64 | rows i64 | terms i64
     | postings i64 | crc32(payload) u32 | payload length u64
-    | payload = chunk ids i64[rows] | offsets i64[terms + 1] | posting rows i32[postings]
-                | posting scores f64[postings] | tokenize option and terms, UTF-8, NUL-separated
+    | payload = chunk ids i64[rows] | row lengths i32[rows] | offsets i64[terms + 1]
+                | posting rows i32[postings] | posting frequencies f32[postings]
+                | tokenize option and terms, UTF-8, NUL-separated
 
-Like ``vectors.faiss`` it is stamped with the SQLite generation it was built from and replaced
-atomically; unlike it, a reader never rebuilds it (FTS5 is the exact fallback).
+It is memory-mapped when loaded. Like ``vectors.faiss`` it is stamped with the SQLite
+generation it was built from and replaced atomically; a reader brings an older one up to date
+with the delta from ``chunk_changes``, and never rebuilds a missing or unreadable one (FTS5 is
+the exact fallback meanwhile).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import mmap
 import os
 import re
 import sqlite3
@@ -61,9 +71,11 @@ K1, B = 1.2, 0.75
 SLICE_INSTANCES = 4_000_000
 #: Top-k selection bounds the k-th best score from every SAMPLE_STEP-th row first.
 SAMPLE_STEP = 8
+#: Terms whose BM25 contributions a matrix keeps computed (the common words of queries).
+SCORE_CACHE_TERMS = 256
 
 MAGIC = b"ISKW"
-VERSION = 1
+VERSION = 2
 _HEADER = struct.Struct("<4sHHqqqqIQ")
 _TERM = re.compile(r"[^\W_]+")  # what FTS5's unicode61 tokenizer calls a token
 _TOKENIZE = re.compile(r"\btokenize\s*=\s*'((?:[^']|'')*)'", re.IGNORECASE)
@@ -118,28 +130,110 @@ def word_tokens(tokenize: str, word: str) -> tuple[str, ...]:
 
 
 class KeywordMatrix:
-    """Per-posting BM25 contributions of one generation of ``chunks_fts``, CSC-like: the
+    """Per-posting weighted term frequencies of one generation of ``chunks_fts``, CSC-like: the
     postings of term ``t`` (sorted vocabulary) are ``rows[offsets[t]:offsets[t + 1]]`` (positions
-    in ``chunk_ids``) with their contributions ``scores[...]``."""
+    in ``chunk_ids``) with their frequencies ``freq[...]``; ``lengths`` are the rows' tokens.
+
+    BM25 is computed at query time from these and the collection's current statistics, so a
+    matrix can be brought up to a later generation by :meth:`with_delta` (rows added, rows
+    deleted) without touching its postings.
+    """
 
     def __init__(
         self,
         generation: int,
         tokenize: str,
         chunk_ids: np.ndarray,
+        lengths: np.ndarray,
         vocabulary: Sequence[str],
         offsets: np.ndarray,
         rows: np.ndarray,
-        scores: np.ndarray,
+        freq: np.ndarray,
     ) -> None:
         self.generation = generation
         self.tokenize = tokenize
         self.chunk_ids = chunk_ids
-        self.vocabulary = list(vocabulary)
+        self.lengths = lengths
+        self.vocabulary = vocabulary if isinstance(vocabulary, list) else list(vocabulary)
         self.offsets = offsets
         self.rows = rows
-        self.scores = scores
+        self.freq = freq
         self._term = {term: i for i, term in enumerate(self.vocabulary)}
+        self.added: KeywordMatrix | None = None  # rows stored since, appended after chunk_ids
+        self.deleted: KeywordMatrix | None = None  # rows of chunk_ids deleted since (old text)
+        self._alive: np.ndarray | None = None
+        self._set_statistics()
+
+    def _set_statistics(self) -> None:
+        parts = [(self.lengths, 1)]
+        parts += [(m.lengths, 1) for m in (self.added,) if m is not None]
+        parts += [(m.lengths, -1) for m in (self.deleted,) if m is not None]
+        self.count = sum(sign * len(lengths) for lengths, sign in parts)
+        total = sum(sign * int(lengths.sum(dtype=np.int64)) for lengths, sign in parts)
+        avgdl = float(total) / float(self.count) if self.count else 1.0
+        every = self.lengths if self.added is None else np.r_[self.lengths, self.added.lengths]
+        self._norm = K1 * ((1 - B) + (B * every.astype(np.float64)) / avgdl)
+        self._scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def with_delta(
+        self, generation: int, added: KeywordMatrix | None, deleted: KeywordMatrix | None
+    ) -> KeywordMatrix:
+        """This matrix at a later ``generation``: ``added`` rows (chunk ids above all of this
+        matrix's) and ``deleted`` rows (chunk ids of this matrix, with the postings they had)."""
+        view = object.__new__(KeywordMatrix)
+        view.__dict__.update(self.__dict__)
+        view.generation, view.added, view.deleted = generation, added, deleted
+        view._alive = None
+        if deleted is not None and len(deleted.chunk_ids):
+            view._alive = ~np.isin(self.chunk_ids, deleted.chunk_ids)
+        view._set_statistics()
+        view.chunk_ids = self.chunk_ids if added is None else np.r_[self.chunk_ids, added.chunk_ids]
+        return view
+
+    @property
+    def delta_rows(self) -> int:
+        """Rows added or deleted since the saved matrix (what a merge would fold in)."""
+        return sum(len(m.chunk_ids) for m in (self.added, self.deleted) if m is not None)
+
+    def _postings(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(row positions, BM25 contributions) of ``term`` now, as fts5Bm25Function computes
+        them; ``None`` when no live row holds it."""
+        at = self._term.get(term)
+        key = -1 if at is None else at
+        if key in self._scores and at is not None:
+            return self._scores[key]
+        parts, df = [], 0
+        if at is not None:
+            a, b = self.offsets[at], self.offsets[at + 1]
+            rows, freq = self.rows[a:b], self.freq[a:b]
+            df = b - a
+            if self._alive is not None:
+                keep = self._alive[rows]
+                rows, freq = rows[keep], freq[keep]
+            parts.append((rows, freq))
+        for other, sign in ((self.deleted, -1), (self.added, 1)):
+            if other is None or term not in other._term:
+                continue
+            i = other._term[term]
+            a, b = other.offsets[i], other.offsets[i + 1]
+            df += sign * (b - a)
+            if sign > 0:
+                parts.append((other.rows[a:b] + len(self.lengths), other.freq[a:b]))
+        if df <= 0:
+            return None
+        rows = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        freq = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+        freq = freq.astype(np.float64)  # weighted hits: exact in float32
+        # The operations of fts5Bm25Function in float64 (+ and * commute exactly in IEEE 754).
+        scores = freq * (K1 + 1.0)
+        freq += self._norm[rows]
+        scores /= freq
+        scores *= _idf(self.count, int(df))
+        if at is not None:
+            self._scores[key] = (rows, scores)
+            while len(self._scores) > SCORE_CACHE_TERMS:
+                del self._scores[next(iter(self._scores))]
+        return rows, scores
 
     def search(
         self, words: Sequence[str], k: int, allowed: np.ndarray | None = None
@@ -150,15 +244,11 @@ class KeywordMatrix:
         tokens = [word_tokens(self.tokenize, w) for w in words]
         if any(len(t) != 1 for t in tokens):
             return None
-        spans = [
-            (self.offsets[i], self.offsets[i + 1])
-            for i in (self._term.get(t[0]) for t in tokens)
-            if i is not None
-        ]
-        if not spans:
+        found = [p for p in (self._postings(t[0]) for t in tokens) if p is not None]
+        if not found:
             return []
-        rows = np.concatenate([self.rows[a:b] for a, b in spans])
-        weights = np.concatenate([self.scores[a:b] for a, b in spans])
+        rows = np.concatenate([p[0] for p in found])
+        weights = np.concatenate([p[1] for p in found])
         totals = np.bincount(rows, weights=weights, minlength=len(self.chunk_ids))
         if allowed is None:
             candidates = None
@@ -241,24 +331,37 @@ def build(
         conn.execute(f"DROP TABLE {instances}")
         conn.execute(f"DROP TABLE {row_vocab}")
     rows = np.concatenate([p[0] for p in parts] or [np.empty(0, np.int32)])
-    freq = np.concatenate([p[1] for p in parts] or [np.empty(0)])
+    freq = np.concatenate([p[1] for p in parts] or [np.empty(0)]).astype(np.float32)
     df = np.array([v[1] for v in vocab], dtype=np.int64)
-    # The operations of fts5Bm25Function in float64 (+ and * commute exactly in IEEE 754).
-    count = len(chunk_ids)
-    avgdl = float(length.sum()) / float(count) if count else 1.0
-    norm = K1 * ((1 - B) + (B * length) / avgdl)
-    scores = freq * (K1 + 1.0)
-    freq += norm[rows]
-    scores /= freq
-    del freq
-    scores *= np.repeat(np.array([_idf(count, int(n)) for n in df], dtype=np.float64), df)
     offsets = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
     matrix = KeywordMatrix(
-        generation, tokenize, chunk_ids, [v[0] for v in vocab], offsets, rows, scores
-    )
+        generation, tokenize, chunk_ids, length.astype(np.int32), [v[0] for v in vocab],
+        offsets, rows, freq,
+    )  # fmt: skip
     log.info("keyword matrix: %d rows, %d terms, %d postings in %.1f s",
-             count, len(vocab), len(scores), time.perf_counter() - started)  # fmt: skip
+             len(chunk_ids), len(vocab), len(freq), time.perf_counter() - started)  # fmt: skip
     return matrix
+
+
+def build_rows(
+    tokenize: str,
+    column_weights: Mapping[str, float],
+    rows: Sequence[tuple[int, str, str]],
+    generation: int,
+) -> KeywordMatrix:
+    """The matrix of a few rows ``(chunk id, text, title)`` tokenised by an in-memory FTS5
+    table with the same ``tokenize=`` option and columns: what :meth:`KeywordMatrix.with_delta`
+    takes for rows added or deleted since a saved matrix."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        option = "'" + tokenize.replace("'", "''") + "'"
+        names = ", ".join(column_weights)
+        conn.execute(f"CREATE VIRTUAL TABLE delta USING fts5({names}, tokenize={option})")
+        conn.executemany("INSERT INTO delta (rowid, text, title) VALUES (?, ?, ?)", rows)
+        conn.execute("BEGIN")
+        return build(conn, "delta", column_weights, generation)
+    finally:
+        conn.close()
 
 
 def _idf(rows: int, hits: int) -> float:
@@ -309,14 +412,15 @@ def _postings(
 
 
 def save(matrix: KeywordMatrix, path: str | os.PathLike) -> None:
-    """Write ``matrix`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``matrix`` (without a delta) to ``path`` atomically (temporary file, rename)."""
     path = Path(path)
     text = "\0".join([matrix.tokenize, *matrix.vocabulary]).encode("utf-8")
     arrays = (
         matrix.chunk_ids.astype("<i8"),
+        matrix.lengths.astype("<i4"),
         matrix.offsets.astype("<i8"),
         matrix.rows.astype("<i4"),
-        matrix.scores.astype("<f8"),
+        matrix.freq.astype("<f4"),
     )
     crc, length = 0, len(text)
     for a in arrays:
@@ -336,11 +440,13 @@ def read_generation(path: str | os.PathLike) -> int | None:
 
 
 def load(path: str | os.PathLike) -> KeywordMatrix:
-    """Read ``path`` written by :func:`save`.
+    """Read ``path`` written by :func:`save`, memory-mapped (readers share its pages).
 
     Raises ``OSError`` (e.g. ``FileNotFoundError``) or :class:`KeywordMatrixError` when unreadable.
     """
-    data = Path(path).read_bytes()
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     if len(data) < _HEADER.size:
         raise KeywordMatrixError(f"{path}: truncated ({len(data)} bytes)")
     magic, version, _, generation, nrows, nterms, npostings, crc, length = _HEADER.unpack_from(data)
@@ -356,9 +462,10 @@ def load(path: str | os.PathLike) -> KeywordMatrix:
     arrays, at = [], 0
     for dtype, count in (
         ("<i8", nrows),
+        ("<i4", nrows),
         ("<i8", nterms + 1),
         ("<i4", npostings),
-        ("<f8", npostings),
+        ("<f4", npostings),
     ):
         size = np.dtype(dtype).itemsize * count
         if count < 0 or at + size > length:
@@ -366,7 +473,7 @@ def load(path: str | os.PathLike) -> KeywordMatrix:
         arrays.append(np.frombuffer(payload, dtype=dtype, count=count, offset=at))
         at += size
     tokenize, *vocabulary = bytes(payload[at:]).decode("utf-8").split("\0")
-    chunk_ids, offsets, rows, scores = arrays
+    chunk_ids, lengths, offsets, rows, freq = arrays
     if (
         len(vocabulary) != nterms
         or offsets[0] != 0
@@ -375,4 +482,4 @@ def load(path: str | os.PathLike) -> KeywordMatrix:
         or (npostings and (rows.min() < 0 or rows.max() >= nrows))
     ):
         raise KeywordMatrixError(f"{path}: inconsistent postings")
-    return KeywordMatrix(generation, tokenize, chunk_ids, vocabulary, offsets, rows, scores)
+    return KeywordMatrix(generation, tokenize, chunk_ids, lengths, vocabulary, offsets, rows, freq)

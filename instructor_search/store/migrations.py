@@ -91,6 +91,60 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m002_changes_and_fields(db: sqlite_utils.Database) -> None:
+    """What lets derived files catch up and filters use indexes.
+
+    ``chunk_changes`` logs, per generation, each chunk id added (``deleted = 0``) or deleted
+    (``deleted = 1``, with the text and title FTS5 indexed for it), written in the same
+    transaction as the change; ``collection.changes_since`` is the generation after which the
+    log is complete (a writer prunes what every derived file has folded in). ``document_fields``
+    holds each document's top-level metadata values (``member = 1``: the members of a list or
+    object value) and ``field_kinds`` counts documents per key and JSON type, so filters and
+    :meth:`Index.fields` never scan every document's JSON. Built-in filter columns get indexes.
+    """
+    db.executescript(
+        """
+        CREATE TABLE chunk_changes (
+            generation INTEGER NOT NULL,
+            chunk_id INTEGER NOT NULL,
+            deleted INTEGER NOT NULL,
+            text TEXT,
+            title TEXT
+        );
+        CREATE INDEX idx_chunk_changes_generation ON chunk_changes(generation);
+        ALTER TABLE collection ADD COLUMN changes_since INTEGER NOT NULL DEFAULT 0;
+        UPDATE collection SET changes_since = generation;
+        CREATE TABLE document_fields (
+            doc_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            member INTEGER NOT NULL,
+            value
+        );
+        CREATE INDEX idx_document_fields_value ON document_fields(key, member, value);
+        CREATE INDEX idx_document_fields_doc ON document_fields(doc_id);
+        CREATE TABLE field_kinds (
+            key TEXT NOT NULL,
+            type TEXT NOT NULL,
+            documents INTEGER NOT NULL,
+            PRIMARY KEY (key, type)
+        );
+        INSERT INTO document_fields (doc_id, key, member, value)
+            SELECT d.id, j.key, 0, j.value FROM documents d, json_each(d.metadata) j;
+        INSERT INTO document_fields (doc_id, key, member, value)
+            SELECT d.id, j.key, 1, m.value FROM documents d, json_each(d.metadata) j,
+                json_each(j.value) m WHERE j.type IN ('array', 'object');
+        INSERT INTO field_kinds (key, type, documents)
+            SELECT j.key, j.type, count(*) FROM documents d, json_each(d.metadata) j
+            GROUP BY j.key, j.type;
+        CREATE INDEX idx_documents_type ON documents(type);
+        CREATE INDEX idx_documents_folder ON documents(folder);
+        CREATE INDEX idx_documents_mtime ON documents(mtime);
+        CREATE INDEX idx_documents_size ON documents(size);
+        """
+    )
+
+
 #: The schema version this software writes: the number of migrations it knows.
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -31,7 +31,15 @@ def document_fields(doc: Document) -> tuple[float | None, int, str | None, str]:
 class IndexWrites(IndexBase):
     """Upserts and deletes (part of :class:`~instructor_search.store.index.Index`)."""
 
-    def _remove_chunks(self, doc_id: str) -> None:
+    def _remove_chunks(self, doc_id: str, generation: int) -> None:
+        # Logged with the values FTS5 indexed (readers' keyword deltas subtract them).
+        self._db.execute(
+            "INSERT INTO chunk_changes (generation, chunk_id, deleted, text, title) "
+            "SELECT ?, c.id, 1, c.text, d.title FROM chunks c JOIN documents d "
+            "ON d.id = c.doc_id WHERE c.doc_id = ?",
+            [generation, doc_id],
+        )
+        self._remove_fields(doc_id)
         # A contentless FTS5 table deletes a row given the values it indexed.
         self._db.execute(
             "INSERT INTO chunks_fts (chunks_fts, rowid, text, title) SELECT 'delete', c.id, "
@@ -39,6 +47,36 @@ class IndexWrites(IndexBase):
             [doc_id],
         )
         self._db.execute("DELETE FROM chunks WHERE doc_id = ?", [doc_id])
+
+    def _remove_fields(self, doc_id: str) -> None:
+        self._db.execute(
+            "UPDATE field_kinds SET documents = documents - 1 WHERE (key, type) IN "
+            "(SELECT j.key, j.type FROM documents d, json_each(d.metadata) j WHERE d.id = ?)",
+            [doc_id],
+        )
+        self._db.execute("DELETE FROM field_kinds WHERE documents <= 0")
+        self._db.execute("DELETE FROM document_fields WHERE doc_id = ?", [doc_id])
+
+    def _add_fields(self, doc_id: str, metadata: str) -> None:
+        """Index the top-level metadata values (and list members) of a stored document."""
+        self._db.execute(
+            "INSERT INTO document_fields (doc_id, key, member, value) "
+            "SELECT ?, key, 0, value FROM json_each(?)",
+            [doc_id, metadata],
+        )
+        self._db.execute(
+            "INSERT INTO document_fields (doc_id, key, member, value) SELECT ?, j.key, 1, "
+            "m.value FROM json_each(?) j, json_each(j.value) m WHERE j.type IN ('array', 'object')",
+            [doc_id, metadata],
+        )
+        self._db.execute(
+            "INSERT INTO field_kinds (key, type, documents) SELECT key, type, 1 FROM json_each(?) "
+            "WHERE true ON CONFLICT (key, type) DO UPDATE SET documents = documents + 1",
+            [metadata],
+        )
+
+    def _next_generation(self) -> int:
+        return int(self._db.execute("SELECT generation FROM collection").fetchone()[0]) + 1
 
     @locked
     def document_hashes(self) -> dict[str, str]:
@@ -75,8 +113,9 @@ class IndexWrites(IndexBase):
             return
         now = utc_now()
         with self._write():
+            generation = self._next_generation()
             for doc, chunks, matrix in items:
-                self._remove_chunks(doc.id)
+                self._remove_chunks(doc.id, generation)
                 mtime, size, kind, folder = document_fields(doc)
                 meta = json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True, default=str)
                 self._db["documents"].insert(
@@ -95,6 +134,12 @@ class IndexWrites(IndexBase):
                     "SELECT id, text, ? FROM chunks WHERE doc_id = ?",
                     [doc.title, doc.id],
                 )
+                self._db.execute(
+                    "INSERT INTO chunk_changes (generation, chunk_id, deleted) "
+                    "SELECT ?, id, 0 FROM chunks WHERE doc_id = ?",
+                    [generation, doc.id],
+                )
+                self._add_fields(doc.id, meta)
             self._bump()
 
     @locked
@@ -103,8 +148,9 @@ class IndexWrites(IndexBase):
         ids = [doc_ids] if isinstance(doc_ids, str) else list(dict.fromkeys(doc_ids))
         removed = 0
         with self._write():
+            generation = self._next_generation()
             for doc_id in ids:
-                self._remove_chunks(doc_id)
+                self._remove_chunks(doc_id, generation)
                 removed += self._db.execute("DELETE FROM documents WHERE id = ?", [doc_id]).rowcount
             if removed:
                 self._bump()

@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 from pathlib import Path
 
 import click
 
 from .common import errors_as_messages
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` as the server will (``SO_REUSEADDR``, every address ``host`` names),
+    so a busy port is a clear error before anything says that it serves."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise click.ClickException(
+            f"Cannot serve on {host!r}: {error.strerror}; check --host"
+        ) from None
+    addresses = {info[4]: info[0] for info in found}
+    for address, family in addresses.items():
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as error:
+                raise click.ClickException(_bind_failure(host, port, error)) from None
+
+
+def _bind_failure(host: str, port: int, error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"Port {port} on {host} is already in use (another search page or server?): stop "
+            f"it, or serve on another port with --port {port + 1}"
+        )
+    if error.errno == errno.EACCES:
+        return f"Port {port} on {host} needs privileges to bind: choose --port 1024 or above"
+    return f"Cannot serve on {host}:{port}: {error.strerror}; check --host and --port"
 
 
 @click.command()
@@ -39,6 +71,7 @@ def ui(index_path: Path, port: int, host: str) -> None:
         pass
     from instructor_search import ui as ui_package
 
+    check_port(host, port)
     app = Path(ui_package.__file__).parent / "app.py"
     command = [
         sys.executable,

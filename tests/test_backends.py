@@ -139,7 +139,7 @@ def test_gate_rejects_a_mismatched_export_and_falls_back_to_torch(
     with torch.no_grad():
         weight = other.encoder.final_layer_norm.weight
         weight.mul_(1 + 0.3 * torch.randn(weight.shape, generator=generator))
-    with ob._quiet():
+    with ob.quiet():
         ob._torch_export(other, folder / "model.onnx", dynamo=False)
     with caplog.at_level(logging.INFO, logger="instructor_search"):
         model = Instructor(str(tiny_path), device="cpu", backend="onnx", onnx_cache=cache)
@@ -220,3 +220,24 @@ def test_token_budget_keeps_the_reference_vectors(expected, tiny_path):
 def test_threads_are_physical_cores():
     cores = physical_cores()
     assert 1 <= cores <= len(os.sched_getaffinity(0))
+
+
+@needs_onnx
+def test_exact_default_takes_the_export_only_within_1e5(tiny_path, tiny_onnx, onnx_cache, caplog):
+    """The drop-in default (precision="fp32") runs the export because it measured within 1e-5
+    of torch; held to a tighter bound it runs torch, while precision="auto" keeps the export."""
+    from instructor_search.encoder import fidelity
+
+    verdict = json.loads((tiny_onnx._onnx.folder / "gate.json").read_text())
+    assert 0 < verdict["max_abs_diff"] <= fidelity.EXACT_ATOL
+    assert Instructor(str(tiny_path), device="cpu", onnx_cache=onnx_cache).backend == "onnx"
+    tighter = verdict["max_abs_diff"] / 2
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fidelity, "EXACT_ATOL", tighter)
+        with caplog.at_level(logging.INFO, logger="instructor_search"):
+            exact = Instructor(str(tiny_path), device="cpu", onnx_cache=onnx_cache)
+        fast = Instructor(str(tiny_path), device="cpu", onnx_cache=onnx_cache, precision="auto")
+    assert (exact.backend, fast.backend) == ("torch", "onnx")
+    lines = [r for r in caplog.records if "Using the torch backend" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    assert "precision='auto' takes the export" in lines[0].getMessage()

@@ -97,13 +97,41 @@ def test_failed_gate_keeps_fp32_with_a_warning(tiny_path, tmp_path, monkeypatch,
     assert len(warnings) == 1 and warnings[0].startswith("Using fp32: bf16 failed the fidelity")
 
 
-def test_default_reproduces_the_reference_within_the_gate(expected, tiny_path, cache):
-    """The default precision (bf16 where native) stays within the gate of the reference vectors."""
-    model = Instructor(str(tiny_path), device="cpu", onnx_cache=cache)
-    assert model.precision == ("bf16" if precision.native_bf16() else "fp32")
+@pytest.mark.parametrize("batch_size", [1, 3, 4, 32])
+def test_default_is_exact_at_every_batch_size(expected, tiny_path, cache, batch_size):
+    """The drop-in default gives the reference vectors within 1e-5, whatever the CPU."""
+    model = _default_tiny(tiny_path, cache)
+    assert model.precision == "fp32"
+    for name in ("pairs", "strings"):
+        call = next(c for c in expected["calls"] if c["name"] == name)
+        got = model.encode(call["inputs"], batch_size=batch_size)
+        np.testing.assert_allclose(got, call["expected"], atol=fidelity.EXACT_ATOL)
+
+
+_DEFAULTS: dict = {}
+
+
+def _default_tiny(tiny_path, cache):
+    if "tiny" not in _DEFAULTS:
+        _DEFAULTS["tiny"] = Instructor(str(tiny_path), device="cpu", onnx_cache=cache)
+    return _DEFAULTS["tiny"]
+
+
+def test_bf16_is_the_explicit_fast_path_on_a_native_cpu(expected, tiny_path, cache, monkeypatch):
+    """On a CPU with native bf16 (simulated here: the gate runs bf16 for real), the default
+    stays fp32 and precision="auto" takes bf16 within its gate."""
+    monkeypatch.setattr(precision, "native_bf16", lambda: True)
+    default = Instructor(str(tiny_path), device="cpu", backend="torch", onnx_cache=cache)
+    fast = Instructor(
+        str(tiny_path), device="cpu", backend="torch", precision="auto", onnx_cache=cache
+    )
+    assert (default.precision, fast.precision) == ("fp32", "bf16")
     call = next(c for c in expected["calls"] if c["name"] == "pairs")
-    got, want = model.encode(call["inputs"]), np.array(call["expected"])
+    want = np.array(call["expected"])
+    np.testing.assert_allclose(default.encode(call["inputs"], batch_size=3), want, atol=1e-5)
+    got = fast.encode(call["inputs"], batch_size=3)
     assert float(np.min(np.sum(got * want, axis=1))) >= precision.BF16_MIN_COSINE
+    assert float(np.abs(got - want).max()) > fidelity.EXACT_ATOL  # bf16 really ran
 
 
 def test_precision_names_and_combinations_are_checked(tiny_path):

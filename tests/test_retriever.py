@@ -408,3 +408,30 @@ def test_concurrent_readers_during_writes(tmp_path, tiny, tiny_path):
         assert generations > 1  # it searched while the writer committed
         assert final == expected  # the final generation's documents are seen
         assert latest == _text("b1-0", BATCHES)
+
+
+# -- stable order of ties ------------------------------------------------------------------------
+
+
+def test_ties_are_ordered_by_document_id_whatever_the_insertion_order(tmp_path, bundled):
+    """Duplicate documents tie in every mode; two builds that stored them in opposite orders
+    (so with other row ids) give the same top-k, by document id then chunk ordinal."""
+    same = "Solar panels convert sunlight into electricity on the roof."
+    docs = [Document(f"dup-{name}", same, title="Solar") for name in "dcab"]
+    docs += [
+        Document("wind", "Wind turbines turn moving air into electric power.", title="Wind"),
+        Document("bread", "Sourdough bread rises with wild yeast.", title="Bread"),
+    ]
+    forward = make_index(tmp_path / "forward", bundled, docs)
+    backward = make_index(tmp_path / "backward", bundled, docs[::-1])
+    with Retriever(forward, bundled) as a, Retriever(backward, bundled) as b:
+        ids_a = [h.chunk_id for h in a.search("solar electricity", k=6, mode="dense")]
+        ids_b = [h.chunk_id for h in b.search("solar electricity", k=6, mode="dense")]
+        assert ids_a != ids_b  # the row ids really differ between the builds
+        for mode in MODES:
+            for k in (1, 2, 3):
+                top_a = [h.doc_id for h in a.search("solar electricity", k=k, mode=mode)]
+                top_b = [h.doc_id for h in b.search("solar electricity", k=k, mode=mode)]
+                assert top_a == top_b == ["dup-a", "dup-b", "dup-c"][:k], (mode, k)
+            documents = a.search("solar electricity", k=2, mode=mode, documents=True)
+            assert [h.doc_id for h in documents] == ["dup-a", "dup-b"]

@@ -49,7 +49,9 @@ def parse_where(conditions: tuple[str, ...]) -> dict[str, Any]:
 @click.command()
 @click.argument("index_path", metavar="INDEX", type=click.Path(path_type=Path))
 @click.argument("query")
-@click.option("-k", "k", default=10, show_default=True, help="How many hits.")
+@click.option(
+    "-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="How many hits."
+)
 @click.option(
     "--mode",
     type=click.Choice(["hybrid", "dense", "keyword"]),
@@ -223,7 +225,7 @@ def evaluate(
     queries = load_queries(data_dir / "queries.jsonl")
     qrels = load_qrels(data_dir / "qrels" / f"{split}.tsv")
 
-    retriever = Retriever(index_path, backend=backend)
+    retriever = Retriever(index_path, backend=backend, precision=precision)
     scores = run_evaluate(
         retriever,
         queries,

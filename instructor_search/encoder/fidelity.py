@@ -3,8 +3,10 @@
 Both fast paths (the ONNX export, bf16 on the CPU) are checked the same way: the calibration set
 (``data/calibration.json``, real ``[instruction, text]`` pairs from one word to > 512 tokens)
 is embedded by the torch fp32 path and by the candidate, and the minimum cosine between the two
-must reach the candidate's threshold. The verdict is a small JSON file kept beside what it
-judges, with a ``key`` naming everything it depends on; a changed key runs the gate again.
+must reach the candidate's threshold. The verdict also records the largest absolute difference
+between the two (``max_abs_diff``): a candidate within :data:`EXACT_ATOL` can stand in for the
+exact path (the drop-in ``Instructor`` default). The verdict is a small JSON file kept beside what
+it judges, with a ``key`` naming everything it depends on; a changed key runs the gate again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from ..files import write_atomically
 logger = logging.getLogger(__name__)
 
 Verdict = dict[str, Any]
+#: The drop-in contract: the reference's vectors within this absolute difference, at any batch size.
+EXACT_ATOL = 1e-5
 
 
 def calibration_pairs() -> list[list[str]]:
@@ -48,23 +52,31 @@ def check(
     label: str,
 ) -> Verdict:
     """The verdict on ``candidate`` (cached in ``file`` under ``key``): ``passed`` when the
-    minimum cosine between its calibration embeddings and ``reference``'s reaches ``threshold``.
+    minimum cosine between its calibration embeddings and ``reference``'s reaches ``threshold``;
+    ``max_abs_diff`` is the largest absolute difference between the two (``inf`` on failure).
 
     An exception from ``candidate`` (a broken export fails inside its runtime) is a failed
     verdict that records the error, not an exception.
     """
     cached = read_json(file)
-    if cached.get("key") == key and cached.get("threshold") == threshold:
+    if (
+        cached.get("key") == key
+        and cached.get("threshold") == threshold
+        and "max_abs_diff" in cached
+    ):
         return cached
     started = time.perf_counter()
     failure = None
     try:
-        min_cosine = float(np.min(_cosines(reference(), candidate())))
+        want, got = reference(), candidate()
+        min_cosine = float(np.min(_cosines(want, got)))
+        max_abs_diff = float(np.max(np.abs(want - got)))
     except Exception as error:  # runtimes raise their own exception types
-        min_cosine, failure = 0.0, f"{type(error).__name__}: {error}"
+        min_cosine, max_abs_diff, failure = 0.0, float("inf"), f"{type(error).__name__}: {error}"
     verdict = {
         "passed": failure is None and min_cosine >= threshold,
         "min_cosine": min_cosine,
+        "max_abs_diff": max_abs_diff,
         "threshold": threshold,
         "texts": len(calibration_pairs()),
         "error": failure,
@@ -74,10 +86,11 @@ def check(
     file.parent.mkdir(parents=True, exist_ok=True)
     write_json(file, verdict)
     logger.info(
-        "Fidelity gate for %s: minimum cosine %.7f (needs %s): %s",
+        "Fidelity gate for %s: minimum cosine %.7f (needs %s), max abs diff %.1e: %s",
         label,
         min_cosine,
         threshold,
+        max_abs_diff,
         "passed" if verdict["passed"] else f"failed{f' ({failure})' if failure else ''}",
     )
     return verdict

@@ -63,18 +63,25 @@ def padded(
     """``(input_ids, attention_mask)`` tensors for rows of token ids, right-padded."""
     import torch
 
+    input_ids, attention = padded_arrays(ids, pad_token_id)
+    return torch.from_numpy(input_ids).to(device), torch.from_numpy(attention).to(device)
+
+
+def padded_arrays(ids: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`padded` as int64 numpy arrays (what ONNX Runtime takes)."""
     width = max(len(row) for row in ids)
     input_ids = np.full((len(ids), width), pad_token_id, dtype=np.int64)
     attention = np.zeros((len(ids), width), dtype=np.int64)
     for row, tokens in enumerate(ids):
         input_ids[row, : len(tokens)] = tokens
         attention[row, : len(tokens)] = 1
-    return torch.from_numpy(input_ids).to(device), torch.from_numpy(attention).to(device)
+    return input_ids, attention
 
 
-def pooling_mask(attention: torch.Tensor, excluded: list[int]) -> torch.Tensor:
-    """The attention mask with each row's first ``excluded[row]`` tokens (its instruction) off."""
-    mask = attention.clone()
+def pooling_mask(attention: Any, excluded: list[int]) -> Any:
+    """The attention mask (a tensor or a numpy array) with each row's first ``excluded[row]``
+    tokens (its instruction) off."""
+    mask = attention.clone() if hasattr(attention, "clone") else attention.copy()
     width = mask.shape[1]
     for row, count in enumerate(excluded):
         if count:

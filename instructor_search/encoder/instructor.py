@@ -48,16 +48,26 @@ class Instructor:
 
     ``model`` is a hub id (``hkunlp/instructor-large``, downloaded only when named), a local
     folder in the sentence-transformers layout, or ``None`` for the bundled offline default
-    (all-MiniLM-L6-v2). ``profile`` (a :class:`~instructor_search.encoder.profiles.ModelProfile` or a
-    family name) and ``instruction_mode`` override how instructions are used.
+    (all-MiniLM-L6-v2). How it uses instructions comes from the checkpoint
+    (:func:`~instructor_search.encoder.profiles.profile_for`: the folder's
+    ``instructor-search.json``, its architecture, then its name); ``profile`` (a
+    :class:`~instructor_search.encoder.profiles.ModelProfile` or a family name) and
+    ``instruction_mode`` override that.
+
+    **Exact by default.** With the default ``precision="fp32"`` :meth:`encode` gives the
+    reference INSTRUCTOR vectors within :data:`~instructor_search.encoder.fidelity.EXACT_ATOL`
+    (1e-5) at every batch size: the torch encoder in fp32, or its ONNX export where that was
+    measured within 1e-5 of it. ``precision="auto"`` is the gated fast path, what builds,
+    ``eval`` and the :class:`~instructor_search.search.retriever.Retriever` use: large batches
+    in bf16 on CPUs that compute it natively once the fidelity gate passes (see
+    :mod:`instructor_search.encoder.precision`; cosine >= 0.999 to fp32, differences ~1e-3), and
+    the ONNX export once it passes its own gate (cosine >= 0.9999). ``"bf16"`` asks for bf16 on
+    any CPU.
 
     ``backend``: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU) or ``"auto"`` (ONNX when
-    onnxruntime is installed and the export passes the fidelity gate, else torch, with one
-    logged line). Exports are cached per model under ``onnx_cache``
-    (see :mod:`instructor_search.encoder.onnx_backend`). ``precision``: ``"auto"`` runs large batches
-    on the torch encoder in bf16 where the CPU computes bf16 natively and the fidelity gate
-    passes (see :mod:`instructor_search.encoder.precision`), ``"fp32"`` never does (bit-for-bit the
-    reference's arithmetic), ``"bf16"`` asks for it on any CPU. Batches hold at most
+    onnxruntime is installed and the export passes its gate, and for ``precision="fp32"`` is
+    within 1e-5; else torch, with one logged line). Exports are cached per model under
+    ``onnx_cache`` (see :mod:`instructor_search.encoder.onnx_backend`). Batches hold at most
     ``batch_size`` inputs and ``max_tokens_per_batch`` padded tokens.
     """
 
@@ -73,14 +83,16 @@ class Instructor:
         backend: str = "auto",
         onnx_cache: str | os.PathLike[str] | None = None,
         max_tokens_per_batch: int = MAX_TOKENS_PER_BATCH,
-        precision: str = "auto",
+        precision: str = "fp32",
     ) -> None:
         import torch
 
         self.checkpoint: Checkpoint = resolve(model, cache_folder)
         if isinstance(profile, str):
             profile = profiles.get_profile(profile)
-        profile = profile or profiles.profile_for(self.checkpoint.name, self.checkpoint.folder.name)
+        #: True when the profile is the one the checkpoint gives (no ``profile=``/``instruction_mode=``).
+        self.own_profile = profile is None and instruction_mode is None
+        profile = profile or profiles.profile_for(self.checkpoint)
         self.profile = profile.with_mode(instruction_mode) if instruction_mode else profile
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if num_threads or torch.get_num_threads() < physical_cores():
@@ -104,6 +116,7 @@ class Instructor:
             num_threads=num_threads or physical_cores(),
             reference=reference,
             embed=lambda runner: self._embed_calibration(runner, bf16=False),
+            exact=precision == "fp32",
         )
         self._bf16 = backend != "onnx" and use_bf16(
             precision,

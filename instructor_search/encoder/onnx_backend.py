@@ -18,7 +18,10 @@ The cache root is ``onnx_cache`` when given, else ``$INSTRUCTOR_SEARCH_CACHE/onn
 calibration set of real text were compared with the torch fp32 path's: the minimum cosine
 must reach :data:`FP32_MIN_COSINE`. Otherwise the torch path runs and the reason is logged. The
 verdict is cached beside the export and checked again when the files, onnxruntime or the
-calibration set change.
+calibration set change. ``backend="auto"`` on an exact ``Instructor`` (the default
+``precision="fp32"``) also needs the export's largest absolute difference from torch fp32 to stay
+within :data:`~instructor_search.encoder.fidelity.EXACT_ATOL` (measured on the tiny T5 and
+MiniLM: ~2e-7 at every batch size), else torch runs.
 
 **Exporters.** BERT-family encoders use the legacy TorchScript exporter with eager attention,
 so that onnxruntime's transformer optimizer fuses attention (with SDPA nothing fuses). T5
@@ -82,6 +85,10 @@ class OnnxUnavailable(ModelError):
     """The ONNX backend cannot serve this model; the message says why (torch is used instead)."""
 
 
+class OnnxInexact(OnnxUnavailable):
+    """The export passes the fidelity gate but is not within the exact contract's tolerance."""
+
+
 class OnnxEncoder:
     """An onnxruntime session that stands in for the torch encoder: ids and mask → hidden states."""
 
@@ -109,12 +116,15 @@ def select(
     num_threads: int,
     reference: Callable[[], np.ndarray],
     embed: Callable[[OnnxEncoder], np.ndarray],
+    exact: bool = False,
 ) -> OnnxEncoder | None:
     """The ONNX encoder to use for ``requested`` (``auto``/``torch``/``onnx``), or None for torch.
 
     ``reference()`` is the calibration pairs embedded by the torch fp32 path and ``embed(runner)``
-    the same through the caller's pipeline with ``runner`` as the encoder. Falling back to torch logs one line;
-    an explicit ``onnx`` without onnxruntime installed, or off the CPU, raises instead.
+    the same through the caller's pipeline with ``runner`` as the encoder. ``exact``: ``auto``
+    takes the export only within :data:`~.fidelity.EXACT_ATOL` of torch fp32. Falling back to
+    torch logs one line; an explicit ``onnx`` without onnxruntime installed, or off the CPU,
+    raises instead.
     """
     if requested not in BACKENDS:
         raise InputError(f"backend {requested!r} must be one of {list(BACKENDS)}")
@@ -142,7 +152,11 @@ def select(
             num_threads=num_threads,
             reference=reference,
             embed=embed,
+            exact=exact and requested == "auto",
         )
+    except OnnxInexact as error:
+        logger.info("Using the torch backend: %s", error)
+        return None
     except OnnxUnavailable as error:
         logger.warning("Using the torch backend: %s", error)
         return None
@@ -177,13 +191,15 @@ def load(
     num_threads: int,
     reference: Callable[[], np.ndarray],
     embed: Callable[[OnnxEncoder], np.ndarray],
+    exact: bool = False,
 ) -> OnnxEncoder:
-    """The gated ONNX encoder: exported (once), opened, and checked (once) against torch."""
+    """The gated ONNX encoder: exported (once), opened, and checked (once) against torch
+    (``exact``: also within :data:`~.fidelity.EXACT_ATOL` of it)."""
     folder = export_folder(fingerprint, cache)
-    if not _export_is_current(folder, fingerprint):
+    if not export_is_current(folder, fingerprint):
         _export(encoder, folder, fingerprint)
     try:
-        candidate = OnnxEncoder(_session(folder / _MODEL_FILE, num_threads), folder)
+        candidate = OnnxEncoder(session(folder / _MODEL_FILE, num_threads), folder)
     except Exception as error:  # onnxruntime raises its own exception types
         raise OnnxUnavailable(
             f"onnxruntime could not open {folder / _MODEL_FILE} ({error}); delete {folder} to "
@@ -191,7 +207,7 @@ def load(
         ) from error
     verdict = fidelity.check(
         folder / "gate.json",
-        key=_gate_key(folder),
+        key=gate_key(folder),
         threshold=FP32_MIN_COSINE,
         reference=reference,
         candidate=lambda: embed(candidate),
@@ -203,13 +219,27 @@ def load(
             f"{verdict['min_cosine']:.6f} < {verdict['threshold']} against torch fp32 on "
             f"{verdict['texts']} calibration texts"
         )
+    if exact and verdict["max_abs_diff"] > fidelity.EXACT_ATOL:
+        raise OnnxInexact(
+            f"the ONNX export in {folder} differs from torch fp32 by up to "
+            f"{verdict['max_abs_diff']:.1e} (> {fidelity.EXACT_ATOL}), and precision='fp32' "
+            "asks for the reference's vectors; precision='auto' takes the export"
+        )
     return candidate
 
 
 # -- export -----------------------------------------------------------------------------------
 
 
-def _export_is_current(folder: Path, fingerprint: str) -> bool:
+def gate_verdict(folder: Path) -> dict[str, Any]:
+    """The cached verdict on the export in ``folder`` if it is still about these files ({} if not)."""
+    verdict = fidelity.read_json(folder / "gate.json")
+    current = verdict.get("key") == gate_key(folder) and verdict.get("threshold") == FP32_MIN_COSINE
+    return verdict if current else {}
+
+
+def export_is_current(folder: Path, fingerprint: str) -> bool:
+    """Whether ``folder`` holds this recipe's export of the model with ``fingerprint``."""
     manifest = fidelity.read_json(folder / "manifest.json")
     return (
         manifest.get("recipe") == RECIPE
@@ -228,7 +258,7 @@ def _export(encoder: Any, folder: Path, fingerprint: str) -> None:
         raw = staging / "raw" / _MODEL_FILE
         raw.parent.mkdir()
         exporter = "dynamo" if model_type in _T5_TYPES else "torchscript"
-        with _quiet():
+        with quiet():
             _torch_export(encoder, raw, dynamo=exporter == "dynamo")
             fusions = _optimize(raw, staging / _MODEL_FILE, encoder)
         shutil.rmtree(raw.parent)
@@ -247,7 +277,7 @@ def _export(encoder: Any, folder: Path, fingerprint: str) -> None:
         os.replace(staging, folder)
     except Exception as error:
         shutil.rmtree(staging, ignore_errors=True)
-        if _export_is_current(folder, fingerprint):  # another process finished first
+        if export_is_current(folder, fingerprint):  # another process finished first
             return
         raise OnnxUnavailable(f"exporting the encoder to ONNX failed: {error}") from error
     logger.info("Exported to %s in %.1f s", folder, time.perf_counter() - started)
@@ -309,7 +339,7 @@ def _eager_attention(encoder: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence the exporters' and optimizer's own warnings and per-pass INFO lines."""
     loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
     levels = [each.level for each in loggers]
@@ -347,7 +377,8 @@ def _optimize(source: Path, target: Path, encoder: Any) -> dict[str, int]:
     return fusions
 
 
-def _session(path: Path, num_threads: int) -> Any:
+def session(path: Path, num_threads: int) -> Any:
+    """An onnxruntime CPU session for ``path``: ``num_threads`` threads that sleep when idle."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -366,7 +397,7 @@ def _session(path: Path, num_threads: int) -> Any:
 # -- fidelity gate ----------------------------------------------------------------------------
 
 
-def _gate_key(folder: Path) -> dict[str, Any]:
+def gate_key(folder: Path) -> dict[str, Any]:
     """What a verdict depends on: these exact files, the runtime and the calibration set."""
     files = sorted(p for p in folder.glob(f"{_MODEL_FILE}*") if p.is_file())
     return {

@@ -1,6 +1,6 @@
 """Ranking math on ``(chunk id, score)`` lists: reciprocal rank fusion and maximal marginal
-relevance; no I/O. :class:`~instructor_search.search.retriever.Retriever` fetches the lists and calls
-these.
+relevance, and the stable order of equal scores; no I/O.
+:class:`~instructor_search.search.retriever.Retriever` fetches the lists and calls these.
 
 Hybrid search is reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009) of the dense and
 the FTS5 BM25 chunk lists (:func:`fuse`)::
@@ -19,7 +19,7 @@ domains, and c = 60, 1:1 stays. Chunk-level fusion is kept: it measured better o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -47,6 +47,15 @@ def fuse(
         fused[cid] = fused.get(cid, 0.0) + keyword_weight / (c + rank)
         first.setdefault(cid, len(dense) + rank)
     return sorted(fused.items(), key=lambda item: (-item[1], first[item[0]], item[0]))
+
+
+def stable_order(
+    ranking: Sequence[tuple[int, float]], keys: Mapping[int, tuple[str, int]]
+) -> list[tuple[int, float]]:
+    """``ranking`` (best first) with equal scores ordered by ``keys[chunk id]``, the chunk's
+    ``(document id, ordinal)``: the same order in every build of a corpus, whatever row ids
+    its chunks got. Chunks without a key (deleted meanwhile) go first among their equals."""
+    return sorted(ranking, key=lambda item: (-item[1], keys.get(item[0], ("", 0))))
 
 
 def mmr_order(relevance: np.ndarray, embeddings: np.ndarray, k: int, lam: float) -> list[int]:

@@ -4,13 +4,22 @@ filters before the search, MMR, and a best-chunk-per-document view.
 Hybrid fuses the dense and the FTS5 BM25 chunk lists, each ``max(100, 4k)`` deep, by reciprocal
 rank fusion (:func:`~instructor_search.search.ranking.fuse`, where the constants and their measurements
 are); then each document keeps its best chunk. MMR reranks the best ``4k`` candidates
-(:func:`~instructor_search.search.ranking.mmr_order`).
+(:func:`~instructor_search.search.ranking.mmr_order`). Equal scores are ordered by document id,
+then chunk ordinal (:func:`~instructor_search.search.ranking.stable_order`), never by row ids,
+which differ between builds of the same corpus; a candidate list is cut only between two
+different scores.
+
+Queries are checked against the index (``k``, ``mode``, ``where``'s fields and values) before
+any model loads, and the model loads on the first query that needs it (never for
+``mode="keyword"``): a :class:`~instructor_search.encoder.query.QueryEncoder` (ONNX Runtime and
+tokenizers, no torch) when the model's verified export is cached, else an ``Instructor``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -18,14 +27,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from ..encoder.checkpoints import BUNDLED_MODEL_ID
 from ..encoder.instructor import Instructor
+from ..encoder.query import QueryEncoder
 from ..errors import IndexMismatchError, InputError, ModelError
 from ..store.index import ChunkRecord, Index
-from .ranking import fuse, mmr_order
+from .ranking import fuse, mmr_order, stable_order
 
 log = logging.getLogger(__name__)
 
@@ -106,23 +115,39 @@ class Retriever:
     """Searches one index with the model it was built with.
 
     ``index`` is an :class:`Index` or the path of an index folder (then opened read-only).
-    ``model`` is an :class:`Instructor`, a model name, or ``None`` for the model recorded in
-    the index; its fingerprint must match the index's (:class:`IndexMismatchError` otherwise).
-    ``backend`` ("auto", "torch", "onnx") is the encoder backend of a model loaded here.
-    A Retriever is cheap to call repeatedly: it keeps the index, the model and the loaded
-    vectors; it picks up a new generation written by another process on its next search.
+    ``model`` is an :class:`Instructor` (or a ``QueryEncoder``), a model name, or ``None`` for
+    the model recorded in the index; its fingerprint must match the index's
+    (:class:`IndexMismatchError` otherwise). A model named or recorded loads on the first query
+    that needs it: the model's ``QueryEncoder`` when its verified ONNX export is cached (unless
+    ``backend="torch"``), else ``Instructor(name, backend=backend, precision=precision)``, the
+    gated fast path by default. A Retriever is cheap to call repeatedly: it keeps the index, the
+    model and the loaded vectors; it picks up a new generation written by another process on
+    its next search.
     """
 
     def __init__(
         self,
         index: Index | str | os.PathLike[str],
-        model: Instructor | str | None = None,
+        model: Instructor | QueryEncoder | str | None = None,
         *,
         backend: str = "auto",
+        precision: str = "auto",
     ):
         self.index = index if isinstance(index, Index) else Index.open(Path(index), readonly=True)
         self._owns_index = not isinstance(index, Index)
-        self.model = _model_for(self.index, model, backend)
+        if model is not None and not isinstance(model, (str, Instructor, QueryEncoder)):
+            raise InputError(f"model must be an Instructor, a model name or None, got {model!r}")
+        self._model = (
+            None if model is None or isinstance(model, str) else _checked(self.index, model)
+        )
+        self._model_name, self._backend, self._precision = model, backend, precision
+
+    @property
+    def model(self) -> Instructor | QueryEncoder:
+        """The model that embeds queries (loaded on first use)."""
+        if self._model is None:
+            self._model = _model_for(self.index, self._model_name, self._backend, self._precision)
+        return self._model
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -213,7 +238,8 @@ class Retriever:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Retriever({str(self.index.path)!r}, model={self.model.model_name!r})"
+        name = self._model.model_name if self._model is not None else self.index.settings.model
+        return f"Retriever({str(self.index.path)!r}, model={name!r})"
 
     # -- the pipeline --------------------------------------------------------------------------
 
@@ -236,6 +262,8 @@ class Retriever:
                 raise InputError(f"instruction must be a string, got {type(instruction).__name__}")
         if not pairs:
             return []
+        if where:
+            self.index.matching_chunk_ids(where)  # a bad filter fails here, before any model loads
         vectors = None
         if mode != "keyword":
             vectors = self.model.encode(
@@ -297,18 +325,52 @@ class Retriever:
         (so that more candidates exist)."""
         dense: list[list[tuple[int, float]]] = []
         if vectors is not None:
-            with _one_thread(len(rows) <= FEW_QUERIES):
-                scores, ids = self.index.search_vectors(vectors[rows], depth, where)
-            dense = [
-                [(int(c), float(s)) for c, s in zip(row_ids, row_scores) if c >= 0]
-                for row_ids, row_scores in zip(ids, scores)
-            ]
+            dense = self._dense(vectors[rows], depth, where)
         if mode == "dense":
-            return [(ranking, len(ranking) == depth) for ranking in dense]
-        keyword = [self.index.keyword_search(q, depth, where) for q in queries]
+            return [(ranking, len(ranking) >= depth) for ranking in dense]
+        keyword = [self._keyword(q, depth, where) for q in queries]
         if mode == "keyword":
-            return [(ranking, len(ranking) == depth) for ranking in keyword]
-        return [(fuse(d, kw), len(d) == depth or len(kw) == depth) for d, kw in zip(dense, keyword)]
+            return [(ranking, len(ranking) >= depth) for ranking in keyword]
+        return [(fuse(d, kw), len(d) >= depth or len(kw) >= depth) for d, kw in zip(dense, keyword)]
+
+    def _dense(
+        self, vectors: np.ndarray, depth: int, where: Mapping[str, Any] | None
+    ) -> list[list[tuple[int, float]]]:
+        """Per query vector: ``(chunk_id, cosine)`` best first, at least ``depth`` long when
+        possible, cut between two different scores, ties in :func:`stable_order`."""
+        results: list[list[tuple[int, float]]] = [[] for _ in vectors]
+        todo = list(range(len(vectors)))
+        while todo:
+            with _one_thread(len(todo) <= FEW_QUERIES):
+                scores, ids = self.index.search_vectors(vectors[todo], depth + 1, where)
+            deeper = []
+            for i, row_ids, row_scores in zip(todo, ids, scores):
+                ranking = [(int(c), float(s)) for c, s in zip(row_ids, row_scores) if c >= 0]
+                if _cut(ranking, depth) is None:
+                    deeper.append(i)  # a tie runs past the list's end: look further
+                else:
+                    results[i] = self._stable(_cut(ranking, depth))
+            todo, depth = deeper, depth * 4
+        return results
+
+    def _keyword(
+        self, query: str, depth: int, where: Mapping[str, Any] | None
+    ) -> list[tuple[int, float]]:
+        """:meth:`Index.keyword_search`, cut between two different scores, ties in stable order."""
+        while True:
+            ranking = _cut(self.index.keyword_search(query, depth + 1, where), depth)
+            if ranking is not None:
+                return self._stable(ranking)
+            depth *= 4
+
+    def _stable(self, ranking: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """``ranking`` with equal scores ordered by document id, then chunk ordinal."""
+        counts = Counter(score for _, score in ranking)
+        tied = [cid for cid, score in ranking if counts[score] > 1]
+        if not tied:
+            return ranking
+        keys = {r.chunk_id: (r.doc_id, r.ordinal) for r in self.index.chunks(tied)}
+        return stable_order(ranking, keys)
 
     def _best_per_document(self, ranking: list[tuple[int, float]]) -> list[tuple[int, float]]:
         doc_of = {r.chunk_id: r.doc_id for r in self.index.chunks([c for c, _ in ranking])}
@@ -342,6 +404,8 @@ def _one_thread(few: bool) -> Iterator[None]:
     shared cores, dense ``search`` p50 minus the query embedding's: 37.8 -> 2.6 ms at 10k chunks
     (flat), 13.8 -> 1.6 ms at 100k (HNSW). The OpenMP runtime may be torch's too (setting
     torch's thread count changes FAISS's), so the count is restored after."""
+    import faiss
+
     threads = faiss.omp_get_max_threads()
     if few and threads > 1:
         faiss.omp_set_num_threads(1)
@@ -367,25 +431,49 @@ def _check_options(k: Any, mode: Any, mmr: Any) -> None:
         raise InputError(f"mmr must be a number from 0 to 1 (or None), got {mmr!r}")
 
 
+def _cut(ranking: list[tuple[int, float]], depth: int) -> list[tuple[int, float]] | None:
+    """The first ``depth`` of a list fetched ``depth + 1`` deep, or all of a shorter one; None
+    when the entry past ``depth`` ties with the last kept (the cut would split a tie)."""
+    if len(ranking) <= depth:
+        return ranking
+    return None if ranking[depth][1] == ranking[depth - 1][1] else ranking[:depth]
+
+
 @lru_cache(maxsize=4)
-def _load_model(name: str | None, backend: str = "auto") -> Instructor:
-    return Instructor(name, backend=backend)
+def _load_model(name: str | None, backend: str = "auto", precision: str = "auto") -> Instructor:
+    return Instructor(name, backend=backend, precision=precision)
 
 
-def _model_for(index: Index, model: Instructor | str | None, backend: str = "auto") -> Instructor:
-    """The model to search ``index`` with, checked against the fingerprint it was built with."""
+def _model_for(
+    index: Index, model: str | None, backend: str = "auto", precision: str = "auto"
+) -> Instructor | QueryEncoder:
+    """The model to search ``index`` with, checked against the fingerprint it was built with:
+    the recorded model's ``QueryEncoder`` when one is saved (not for ``backend="torch"``), else
+    an ``Instructor``, whose ``QueryEncoder`` is then saved for the next start."""
     settings = index.settings
-    if model is None or isinstance(model, str):
-        name = model if model is not None else settings.model
-        try:
-            model = _load_model(None if name == BUNDLED_MODEL_ID else name, backend)
-        except ModelError as exc:
-            raise type(exc)(
-                f"The index at {index.path} was built with model {settings.model!r}, which "
-                f"could not be loaded: {exc}"
-            ) from exc
-    elif not isinstance(model, Instructor):
-        raise InputError(f"model must be an Instructor, a model name or None, got {model!r}")
+    recorded = model is None or model == settings.model
+    if recorded and backend != "torch":
+        encoder = QueryEncoder.open(settings.model_fingerprint)
+        if encoder is not None:
+            log.info("Query encoder: the verified ONNX export in %s (no torch)", encoder.folder)
+            return _checked(index, encoder)
+    name = model if model is not None else settings.model
+    try:
+        loaded = _load_model(None if name == BUNDLED_MODEL_ID else name, backend, precision)
+    except ModelError as exc:
+        raise type(exc)(
+            f"The index at {index.path} was built with model {settings.model!r}, which "
+            f"could not be loaded: {exc}"
+        ) from exc
+    log.info("Query encoder: %r", loaded)
+    _checked(index, loaded)
+    if recorded and backend != "torch":
+        QueryEncoder.save(loaded)
+    return loaded
+
+
+def _checked(index: Index, model: Instructor | QueryEncoder) -> Instructor | QueryEncoder:
+    settings = index.settings
     if model.fingerprint != settings.model_fingerprint or model.dimension != settings.dimension:
         raise IndexMismatchError(
             f"The index at {index.path} was built with model {settings.model!r} "

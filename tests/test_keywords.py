@@ -12,7 +12,7 @@ import pytest
 
 from instructor_search.documents import Chunk, Document
 from instructor_search.indexer.build import BuildSettings, build, delete_documents
-from instructor_search.store import keywords
+from instructor_search.store import derived, keywords
 from instructor_search.store.index import KEYWORDS_FILE, CollectionSettings, Index
 
 DIM = 8
@@ -268,19 +268,27 @@ def test_damaged_file_falls_back_to_fts5(index, damage, fts5_calls, caplog, tmp_
     assert fts5_calls == []
 
 
-def test_changes_use_fts5_until_synced_then_the_new_file(index, fts5_calls):
+def test_changes_are_applied_from_the_log_then_merged(index, fts5_calls, monkeypatch):
     reader = Index.open(index.path, readonly=True)
     assert reader.keyword_search("run", 3) and fts5_calls == []
     index.upsert([(Document("new", "zebra run zebra"), [Chunk(0, "zebra run zebra", 0, 15, 3)],
                    np.eye(1, DIM, dtype=np.float32))])  # fmt: skip
-    found = reader.keyword_search("zebra", 3)
-    assert len(found) == 1 and found == fts5_truth(index.path, "zebra", 3)
-    assert len(fts5_calls) == 1  # the file holds the previous generation
+    index.delete(["d004", "d017"])
     before = stamp(index.path / KEYWORDS_FILE)
+    for query in ("zebra", "zebra run", "the of and a", "title17 fox"):  # file + delta
+        for ix in (reader, index):
+            assert ix.keyword_search(query, 1000) == fts5_truth(index.path, query, 1000)
+    assert fts5_calls == []  # the file, two generations behind, with the change log's delta
     index.sync_derived()
+    assert stamp(index.path / KEYWORDS_FILE) == before  # a small delta stays in the log
+    monkeypatch.setattr(derived, "MERGE_MIN", 0)
+    monkeypatch.setattr(derived, "MERGE_FRACTION", 0.0)
+    index.sync_derived()  # now due: rebuilt from FTS5, the log pruned
     assert stamp(index.path / KEYWORDS_FILE) != before
-    fts5_calls.clear()
-    assert_same(reader.keyword_search("zebra run", 20), fts5_truth(index.path, "zebra run", 20))
+    assert keywords.read_generation(index.path / KEYWORDS_FILE) == index.generation
+    assert index._db.execute("SELECT count(*) FROM chunk_changes").fetchone()[0] == 0
+    for query in ("zebra run", "the of and a"):
+        assert reader.keyword_search(query, 1000) == fts5_truth(index.path, query, 1000)
     assert fts5_calls == []
     reader.close()
 
@@ -314,7 +322,9 @@ def test_create_overwrite_removes_an_old_file(index):
         assert not (fresh.path / KEYWORDS_FILE).exists()
 
 
-def test_build_writes_it_and_a_noop_build_does_not(tmp_path, tiny_path, tiny):
+def test_build_writes_it_and_a_noop_build_does_not(tmp_path, tiny_path, tiny, monkeypatch):
+    monkeypatch.setattr(derived, "MERGE_MIN", 0)  # every change is a merge
+    monkeypatch.setattr(derived, "MERGE_FRACTION", 0.0)
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir()
     for n in range(4):

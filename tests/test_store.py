@@ -306,25 +306,27 @@ def test_filtered_search_returns_k_when_k_match(big, rng, monkeypatch):
         big.search_vectors(unit(rng, 1, dim=8), 10)
 
 
-def test_hnsw_index_through_the_store(big, rng, monkeypatch):
+def test_ivf_index_through_the_store(big, rng, monkeypatch):
     monkeypatch.setattr(vectors, "FLAT_MAX", 1000)
-    big.upsert([item("extra.md", ["one more"], rng, tag="rare")])  # new generation: rebuild
-    big.sync_derived()
+    (big.path / "vectors.faiss").unlink()  # missing: rebuilt, as IVF at this size
+    big.upsert([item("extra.md", ["one more"], rng, tag="rare")])
+    with Index.open(big.path) as writer:
+        writer.sync_derived()
     stats = big.stats()
-    assert stats.index_type.startswith("hnsw32,ef=") and stats.recall_at_10 >= 0.95
+    assert stats.index_type.startswith("ivf283,nprobe=") and stats.recall_at_10 >= 0.95
     assert vectors.read_generation(big.path / "vectors.faiss") == stats.generation
     rare = big.matching_chunk_ids({"tag": "rare"})
     queries = unit(rng, 3)
     _, ids = big.search_vectors(queries, 10, where={"tag": ["rare"]})
     for q, row in zip(queries, ids, strict=True):
         assert row.tolist() == brute_force(big, rare, q, 10)
-    monkeypatch.setattr(vectors, "EXACT_FILTER_MAX", 500)  # a 20% filter: HNSW + a selector
+    monkeypatch.setattr(vectors, "EXACT_FILTER_MAX", 500)  # a 20% filter: IVF + a selector
     fifth = {"doc_id": [f"d{i}.md" for i in range(0, 2500, 5)]}
     allowed = set(big.matching_chunk_ids(fifth).tolist())
     assert len(allowed) == 1000
     _, ids = big.search_vectors(queries, 10, where=fifth)
     assert (ids >= 0).all() and set(ids.ravel().tolist()) <= allowed
-    with Index.open(big.path, readonly=True) as reader:  # loads the HNSW file as written
+    with Index.open(big.path, readonly=True) as reader:  # loads the IVF file as written
         assert reader.search_vectors(queries, 10)[1].shape == (3, 10)
 
 

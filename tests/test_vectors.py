@@ -1,4 +1,5 @@
-"""vectors.py against brute force: exact search is exact, HNSW recall is measured independently."""
+"""vectors.py and vector_search.py against brute force: exact search is exact, IVF recall is
+measured independently, a saved index plus a delta answers as a rebuilt one."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 
 from instructor_search.errors import IndexStoreError
 from instructor_search.store import vectors
+from instructor_search.store.vector_search import Vectors, merged
 from instructor_search.store.vectors import (
     VectorFileError,
-    Vectors,
     build_vector_index,
     load,
     measure_recall_at_10,
@@ -86,27 +87,29 @@ def test_flat_pads_and_filters():
 
 
 @pytest.fixture(scope="module")
-def hnsw():
+def ivf():
     matrix = clustered(60_000, 64)
     ids = np.arange(60_000, dtype=np.int64) * 7 + 3
     index, info = build_vector_index(ids, matrix)
     return index, info, matrix, ids
 
 
-def test_hnsw_above_flat_max_and_recall_is_measured(hnsw):
-    index, info, matrix, ids = hnsw
+def test_ivf_above_flat_max_and_recall_is_measured_on_held_out_queries(ivf):
+    index, info, matrix, ids = ivf
     assert len(ids) > vectors.FLAT_MAX
-    assert info.index_type.startswith("hnsw32,ef=")
+    assert info.index_type == f"ivf{vectors.ivf_lists(60_000)},nprobe={index.nprobe}"
     assert info.recall_at_10 is not None and info.recall_at_10 >= 0.95
-    # Independently of measure_recall_at_10: fresh queries (not the stored vectors) vs numpy.
+    held_out = vectors.held_out_queries(matrix)
+    assert not np.isin(held_out.view("V256"), matrix.view("V256")).any()  # not index points
+    # Independently of measure_recall_at_10: other fresh queries vs numpy.
     queries = near(matrix, 300, seed=7)
     _, found = index.search(queries, 10)
     _, truth = brute_force(queries, matrix, ids, 10)
     assert recall(found, truth) >= 0.95
 
 
-def test_hnsw_filtered_search(hnsw):
-    index, _, matrix, ids = hnsw
+def test_ivf_filtered_search(ivf):
+    index, _, matrix, ids = ivf
     searcher = Vectors(index)
     rng = np.random.default_rng(8)
     queries = near(matrix, 20, seed=8)
@@ -116,21 +119,58 @@ def test_hnsw_filtered_search(hnsw):
     _, truth = brute_force(queries, matrix[rows], ids[rows], 10)
     np.testing.assert_array_equal(labels, truth)
     # broad: FAISS selector; always k hits, all allowed, recall vs brute force on the subset
-    rows = np.sort(rng.choice(len(ids), 10_000, replace=False))
+    rows = np.sort(rng.choice(len(ids), 40_000, replace=False))
     _, labels = searcher.search(queries, 10, ids[rows])
     assert (labels >= 0).all() and np.isin(labels, ids[rows]).all()
     _, truth = brute_force(queries, matrix[rows], ids[rows], 10)
     assert recall(labels, truth) >= 0.9
 
 
-def test_save_load_roundtrip_keeps_generation_and_ef(tmp_path, hnsw):
-    index, info, matrix, _ = hnsw
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_base_plus_delta_answers_as_the_current_set(kind, ivf, tmp_path):
+    if kind == "ivf":
+        index, _, matrix, ids = ivf
+        path = tmp_path / "v.faiss"
+        save(index, path, generation=1)
+        index, _ = load(path)  # memory-mapped, as readers use it
+    else:
+        matrix = clustered(3000, 64, seed=5)
+        ids = np.arange(3000, dtype=np.int64) * 2 + 1
+        index, _ = build_vector_index(ids, matrix)
+    rng = np.random.default_rng(11)
+    gone = np.sort(rng.choice(ids, 300, replace=False))
+    new_ids = ids.max() + 1 + np.arange(200, dtype=np.int64)
+    new = clustered(200, 64, seed=6)
+    first = Vectors(index).advanced(new_ids[:120], new[:120], gone[:200])
+    current = first.advanced(new_ids[120:], new[120:], np.r_[gone[200:], new_ids[:20]])
+    live = ~np.isin(ids, gone)
+    every_ids = np.r_[ids[live], new_ids[20:]]
+    every = np.concatenate([matrix[live], new[20:]])
+    assert current.ntotal == len(every_ids) and current.delta == 180 + 300
+    queries = near(every, 30, seed=12)
+    _, truth = brute_force(queries, every, every_ids, 10)
+    _, labels = current.search(queries, 10)
+    assert not np.isin(labels, np.r_[gone, new_ids[:20]]).any()
+    assert recall(labels, truth) >= (1.0 if kind == "flat" else 0.95)
+    allowed = np.sort(np.r_[every_ids[::97], gone[:5]])  # deleted ids in a filter never come back
+    _, labels = current.search(queries, 10, allowed)
+    _, truth = brute_force(queries, every[::97], every_ids[::97], 10)
+    np.testing.assert_array_equal(labels, truth)
+    base = load(path, mmap=False)[0] if kind == "ivf" else build_vector_index(ids, matrix)[0]
+    folded = Vectors(merged(current, base))
+    assert folded.delta == 0 and folded.ntotal == len(every_ids)
+    _, again = folded.search(queries, 10)
+    np.testing.assert_array_equal(again, current.search(queries, 10)[1])
+
+
+def test_save_load_roundtrip_keeps_generation_and_nprobe(tmp_path, ivf):
+    index, info, matrix, _ = ivf
     path = tmp_path / "vectors.faiss"
     save(index, path, generation=42)
     assert read_generation(path) == 42
     loaded, generation = load(path)
     assert generation == 42 and loaded.ntotal == index.ntotal
-    assert vectors.describe(loaded) == info.index_type  # efSearch travels with the file
+    assert vectors.describe(loaded) == info.index_type  # nprobe travels with the file
     np.testing.assert_array_equal(loaded.search(matrix[:5], 10)[1], index.search(matrix[:5], 10)[1])
     assert [p.name for p in tmp_path.iterdir()] == ["vectors.faiss"]  # no temp file left behind
 
@@ -140,6 +180,9 @@ def test_unreadable_files(tmp_path):
     path = tmp_path / "vectors.faiss"
     save(build_vector_index(np.arange(100), matrix)[0], path, generation=3)
     data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] + data[-vectors._TRAILER.size :])
+    with pytest.raises(VectorFileError, match="truncated"):
+        load(path)
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(VectorFileError, match="truncated"):
         load(path)
@@ -150,7 +193,7 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(VectorFileError):
         load(path)
     assert read_generation(path) is None
-    path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    path.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
     with pytest.raises(VectorFileError, match="checksum"):
         load(path)
     assert issubclass(VectorFileError, IndexStoreError)

@@ -115,12 +115,13 @@ class IndexReads(IndexFields):
         if part:
             yield part
 
-    def _persist(self, force: bool = False) -> None:
-        """Writer side, outside a snapshot: write a rebuilt ``vectors.faiss`` and record its
-        index type and recall (a read-only Index keeps its rebuild in memory)."""
+    def _persist(self, merge: bool = False) -> None:
+        """Writer side, outside a snapshot: write a rebuilt ``vectors.faiss`` (or, with
+        ``merge``, one whose delta is due) and record its index type and recall (a read-only
+        Index keeps its rebuild in memory)."""
         if self.readonly or self._db.conn.in_transaction:
             return
-        self._derived.save_vectors(self._record_vector_index, force)
+        self._derived.sync_vectors(self._record_vector_index, merge)
 
     def _record_vector_index(self, info: VectorIndexInfo) -> None:
         with self._write():
@@ -196,15 +197,29 @@ class IndexReads(IndexFields):
 
     @locked
     def sync_derived(self) -> None:
-        """Make the derived files, ``vectors.faiss`` and ``keywords.bm25``, match the current
-        generation (a build calls this at its end; a no-op when they already do)."""
+        """Bring the derived files, ``vectors.faiss`` and ``keywords.bm25``, up to the current
+        generation where they need it (a build calls this at its end): a rebuilt or missing
+        file is written, a delta grown past the merge threshold is folded in, a small delta is
+        left to the change log (readers apply it); then the log is pruned up to what both files
+        hold."""
         if self.readonly:
             raise IndexStoreError(f"{self.path} was opened read-only")
         with self._snapshot():
-            generation = self.generation
-            self._derived.vectors(generation)
-        self._persist(force=self._derived.vectors_file_is_stale(generation))
+            self._derived.prepare_vectors(self.generation)
+        self._persist(merge=True)
         with self._snapshot():
             matrix = self._derived.build_keywords(self.generation)
         if matrix is not None:
             self._derived.save_keywords(matrix)
+        self._prune_changes()
+
+    def _prune_changes(self) -> None:
+        """Forget the changes both derived files hold (each file's generation, or older)."""
+        held = [self._derived.vectors_generation(), self._derived.keywords_generation()]
+        if None in held:
+            return
+        floor = min(held)
+        with self._write():
+            if floor > self._derived.changes_since():
+                self._db.execute("DELETE FROM chunk_changes WHERE generation <= ?", [floor])
+                self._db.execute("UPDATE collection SET changes_since = ?", [floor])

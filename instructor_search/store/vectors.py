@@ -1,24 +1,31 @@
-"""The one factory for FAISS index types, and the ``vectors.faiss`` file format.
+"""The one factory for FAISS index types, the ``vectors.faiss`` file format, and :class:`Vectors`:
+a saved index plus the delta of changes since, searched as one.
 
 Vectors are L2-normalised, so inner product is cosine similarity. The index type is chosen by
-size: exact :class:`faiss.IndexFlatIP` up to :data:`FLAT_MAX` vectors, HNSW above, with its
-recall@10 against exact search *measured* after building (never assumed). Labels are chunk ids
-(an :class:`faiss.IndexIDMap2` wraps either type).
+size: exact :class:`faiss.IndexFlatIP` (in an :class:`faiss.IndexIDMap2`) up to
+:data:`FLAT_MAX` vectors; above, :class:`faiss.IndexIVFFlat` with ``nlist = 4 sqrt(n)`` lists
+and the smallest ``nprobe`` whose recall@10 against exact search reaches :data:`TARGET_RECALL`,
+*measured* on queries that are not points of the index (:func:`held_out_queries`). Both take
+``add_with_ids`` and ``remove_ids``, so a merge costs what changed. Labels are chunk ids.
 
-File format (``vectors.faiss``), little-endian::
+File format (``vectors.faiss``): a plain FAISS index file (``faiss.write_index``, so it can be
+memory-mapped by ``faiss.read_index``), then a trailer, little-endian::
 
-    magic b"ISVF" | version u16 | reserved u16 | generation i64 | count i64 | dim u32
-    | crc32(payload) u32 | payload length u64 | payload = faiss.serialize_index(index)
+    magic b"ISVF" | version u16 | kind u16 (0 flat, 1 IVF) | generation i64 | count i64
+    | dim u32 | crc32(index bytes) u32 | index length u64
 
-The header ties the file to the SQLite ``generation`` it was built from; HNSW's ``efSearch``
-is part of the serialized index, so it persists with the file.
+The trailer ties the file to the SQLite ``generation`` it was built from; ``nprobe`` is part of
+the serialized index, so it persists with the file. Files of version 1 (header first) read as
+missing, and are rebuilt once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,27 +34,32 @@ import faiss
 import numpy as np
 
 from ..errors import IndexStoreError, InputError
-from ..files import read_header, write_atomically
 
 log = logging.getLogger(__name__)
 
 #: Largest collection searched exactly. Exact search over 50,000 x 384 float32 vectors takes a
-#: few milliseconds per query on one core, and is always right; above it HNSW is built.
+#: few milliseconds per query on one core, and is always right; above it IVF is built.
 FLAT_MAX = 50_000
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 80
-#: efSearch values tried in order until the measured recall@10 reaches TARGET_RECALL.
-EF_SEARCH_STEPS = (64, 128, 256, 512)
+#: IVF lists per square root of the collection size, training vectors per list, k-means rounds.
+IVF_LISTS_PER_SQRT = 4
+IVF_TRAIN_PER_LIST = 32
+IVF_TRAIN_ITERATIONS = 10
+#: nprobe values tried in order until the measured recall@10 reaches TARGET_RECALL.
+NPROBE_STEPS = (4, 8, 16, 32, 64, 128, 256, 512)
 TARGET_RECALL = 0.95
 RECALL_SAMPLE = 200
+#: Held-out queries are index vectors plus noise of this norm (then normalised): cosine ~0.7
+#: to the vector they came from, about a real query's cosine to its best passage.
+QUERY_NOISE = 1.0
 #: Filters allowing at most this many ids are answered by exact search on those ids' vectors
-#: (~4 ms per 10,000 vectors of 384 dims here); HNSW with a selector misses many of them when
-#: they are a small fraction of the index (10% of 100k: 85 of 100 hits found at efSearch 100).
+#: (~4 ms per 10,000 vectors of 384 dims here).
 EXACT_FILTER_MAX = 32_768
 
 MAGIC = b"ISVF"
-VERSION = 1
-_HEADER = struct.Struct("<4sHHqqIIQ")
+VERSION = 2
+KIND_FLAT, KIND_IVF = 0, 1
+_TRAILER = struct.Struct("<4sHHqqIIQ")
+_CRC_BLOCK = 1 << 24
 
 
 class VectorFileError(IndexStoreError):
@@ -78,14 +90,33 @@ def _flat(ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
     return index
 
 
+def ivf_lists(n: int) -> int:
+    """``nlist`` for ``n`` vectors."""
+    return max(1, round(IVF_LISTS_PER_SQRT * math.sqrt(n)))
+
+
+def _ivf(ids: np.ndarray, vectors: np.ndarray) -> faiss.IndexIVFFlat:
+    n, d = vectors.shape
+    nlist = ivf_lists(n)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = IVF_TRAIN_ITERATIONS
+    index.cp.seed = 0
+    sample = min(n, IVF_TRAIN_PER_LIST * nlist)
+    rows = np.sort(np.random.default_rng(0).choice(n, size=sample, replace=False))
+    index.train(vectors[rows])
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
+    index.add_with_ids(vectors, ids)
+    return index
+
+
 def build_vector_index(
     ids: np.ndarray, vectors: np.ndarray, *, flat_max: int | None = None
 ) -> tuple[faiss.Index, VectorIndexInfo]:
     """Build the ANN structure for ``vectors`` labelled with ``ids`` (int64 chunk ids).
 
-    Flat (exact) up to ``flat_max`` (default :data:`FLAT_MAX`) vectors; HNSW above, with
-    efSearch raised until recall@10 measured on a sample of its own vectors is at least 0.95
-    (flat again if it never is).
+    Flat (exact) up to ``flat_max`` (default :data:`FLAT_MAX`) vectors; IVF above, with nprobe
+    raised until recall@10 on held-out queries is at least :data:`TARGET_RECALL` (flat again
+    if it never is).
     """
     vectors = _as_matrix(vectors)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -93,34 +124,44 @@ def build_vector_index(
         raise InputError(f"{len(ids)} ids for {len(vectors)} vectors")
     if len(vectors) <= (FLAT_MAX if flat_max is None else flat_max):
         return _flat(ids, vectors), VectorIndexInfo("flat", 1.0)
-    hnsw = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
-    hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    index = faiss.IndexIDMap2(hnsw)
-    index.add_with_ids(vectors, ids)
+    index = _ivf(ids, vectors)
+    queries = held_out_queries(vectors)
+    truth = _exact_top10(vectors, ids, queries)
     recall = 0.0
-    for ef in EF_SEARCH_STEPS:
-        hnsw.hnsw.efSearch = ef
-        recall = measure_recall_at_10(index, vectors, ids=ids)
-        log.info("HNSW%d efSearch=%d: recall@10 %.4f on %d vectors", HNSW_M, ef, recall, len(ids))
+    for nprobe in NPROBE_STEPS:
+        index.nprobe = min(nprobe, index.nlist)
+        recall = _recall(index.search(queries, truth.shape[1])[1], truth)
+        log.info("IVF%d nprobe=%d: recall@10 %.4f on %d held-out queries, %d vectors",
+                 index.nlist, index.nprobe, recall, len(queries), len(ids))  # fmt: skip
         if recall >= TARGET_RECALL:
             return index, VectorIndexInfo(describe(index), recall)
-    log.warning(
-        "HNSW recall@10 %.3f < %.2f even at efSearch=%d; using exact search instead",
-        recall,
-        TARGET_RECALL,
-        EF_SEARCH_STEPS[-1],
-    )
+        if index.nprobe == index.nlist:
+            break
+    log.warning("IVF recall@10 %.3f < %.2f even at nprobe=%d; using exact search instead",
+                recall, TARGET_RECALL, index.nprobe)  # fmt: skip
     return _flat(ids, vectors), VectorIndexInfo("flat", 1.0)
 
 
-def describe(index: faiss.Index) -> str:
-    """A short name of the index type: ``"flat"`` or ``"hnsw32,ef=128"``."""
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
-    if isinstance(inner, faiss.IndexHNSW):
-        return f"hnsw{inner.hnsw.nb_neighbors(1)},ef={inner.hnsw.efSearch}"
-    if isinstance(inner, faiss.IndexFlat):
-        return "flat"
-    return type(inner).__name__
+def held_out_queries(vectors: np.ndarray, sample: int = RECALL_SAMPLE, seed: int = 0) -> np.ndarray:
+    """Queries that are not points of the index: a random sample of ``vectors`` plus Gaussian
+    noise of norm ~:data:`QUERY_NOISE`, normalised."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)
+    noise = rng.standard_normal((len(rows), vectors.shape[1])).astype(np.float32)
+    queries = vectors[rows] + noise * (QUERY_NOISE / math.sqrt(vectors.shape[1]))
+    return queries / np.linalg.norm(queries, axis=1, keepdims=True)
+
+
+def _exact_top10(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    _, rows = exact.search(queries, min(10, len(vectors)))
+    return ids[rows]
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    hits = [len(set(t.tolist()) & set(f.tolist())) for t, f in zip(truth, found, strict=True)]
+    return float(np.sum(hits) / truth.size)
 
 
 def measure_recall_at_10(
@@ -131,157 +172,109 @@ def measure_recall_at_10(
     ids: np.ndarray | None = None,
     seed: int = 0,
 ) -> float:
-    """Mean overlap of ``index``'s top-10 with exact ``IndexFlatIP`` top-10 on the same vectors.
-
-    Queries are a random sample of ``vectors`` themselves; ``ids`` are the labels ``index``
-    returns for ``vectors`` (row positions when omitted).
-    """
+    """Mean overlap of ``index``'s top-10 with exact top-10 over ``vectors``, for held-out
+    queries (:func:`held_out_queries`); ``ids`` are the labels ``index`` returns for
+    ``vectors`` (row positions when omitted)."""
     vectors = _as_matrix(vectors)
     if len(vectors) == 0:
         return 1.0
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)
-    queries = vectors[rows]
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    k = min(10, len(vectors))
-    _, truth = exact.search(queries, k)
-    labels = np.arange(len(vectors)) if ids is None else np.asarray(ids)
-    truth = labels[truth]
-    _, found = index.search(queries, k)
-    hits = [len(set(t.tolist()) & set(f.tolist())) for t, f in zip(truth, found, strict=True)]
-    return float(np.sum(hits) / truth.size)
+    labels = np.arange(len(vectors)) if ids is None else np.asarray(ids, dtype=np.int64)
+    queries = held_out_queries(vectors, sample, seed)
+    truth = _exact_top10(vectors, labels, queries)
+    return _recall(index.search(queries, truth.shape[1])[1], truth)
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    return faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+
+
+def describe(index: faiss.Index) -> str:
+    """A short name of the index type: ``"flat"`` or ``"ivf400,nprobe=16"``."""
+    inner = faiss.downcast_index(_inner(index))
+    if isinstance(inner, faiss.IndexIVF):
+        return f"ivf{inner.nlist},nprobe={inner.nprobe}"
+    if isinstance(inner, faiss.IndexFlat):
+        return "flat"
+    return type(inner).__name__
 
 
 def save(index: faiss.Index, path: str | os.PathLike, generation: int) -> None:
-    """Write ``index`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``index`` to ``path`` atomically (temporary file in the same folder, fsync,
+    rename): FAISS's own file, then the trailer."""
     path = Path(path)
-    payload = faiss.serialize_index(index)
-    header = _HEADER.pack(
-        MAGIC, VERSION, 0, generation, index.ntotal, index.d, zlib.crc32(payload), payload.size
-    )
-    write_atomically(path, [header, payload.data])
+    kind = KIND_IVF if isinstance(faiss.downcast_index(_inner(index)), faiss.IndexIVF) else 0
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        faiss.write_index(index, temporary)
+        length, crc = _crc(temporary)
+        with open(temporary, "ab") as handle:
+            handle.write(
+                _TRAILER.pack(MAGIC, VERSION, kind, generation, index.ntotal, index.d, crc, length)
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _crc(path: str | os.PathLike, length: int | None = None) -> tuple[int, int]:
+    """(bytes read, crc32) of the first ``length`` bytes of ``path`` (all when ``None``)."""
+    crc, done = 0, 0
+    with open(path, "rb") as handle:
+        while length is None or done < length:
+            block = handle.read(_CRC_BLOCK if length is None else min(_CRC_BLOCK, length - done))
+            if not block:
+                break
+            crc, done = zlib.crc32(block, crc), done + len(block)
+    return done, crc
+
+
+def _trailer(path: str | os.PathLike) -> tuple | None:
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < _TRAILER.size:
+                return None
+            handle.seek(size - _TRAILER.size)
+            trailer = _TRAILER.unpack(handle.read(_TRAILER.size))
+    except OSError:
+        return None
+    return (*trailer, size) if trailer[0] == MAGIC else None
 
 
 def read_generation(path: str | os.PathLike) -> int | None:
-    """The generation in ``path``'s header, or ``None`` when missing or not ours (cheap)."""
-    header = read_header(path, _HEADER, MAGIC)
-    return None if header is None else int(header[3])
+    """The generation in ``path``'s trailer, or ``None`` when missing or not ours (cheap)."""
+    trailer = _trailer(path)
+    return None if trailer is None else int(trailer[3])
 
 
-def load(path: str | os.PathLike) -> tuple[faiss.Index, int]:
-    """Read ``path`` written by :func:`save`: ``(index, generation)``.
+def load(path: str | os.PathLike, *, mmap: bool = True) -> tuple[faiss.Index, int]:
+    """Read ``path`` written by :func:`save`: ``(index, generation)``; memory-mapped (pages
+    shared by every reader) unless ``mmap=False`` (a copy that can be added to).
 
     Raises ``FileNotFoundError`` when missing, :class:`VectorFileError` when unreadable.
     """
-    data = Path(path).read_bytes()
-    if len(data) < _HEADER.size:
-        raise VectorFileError(f"{path}: truncated ({len(data)} bytes)")
-    magic, version, _, generation, count, dim, crc, length = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise VectorFileError(f"{path}: not an instructor-search vector file")
+    size = os.stat(path).st_size
+    trailer = _trailer(path)
+    if trailer is None:
+        raise VectorFileError(f"{path}: truncated or not an instructor-search vector file")
+    _, version, kind, generation, count, dim, crc, length, _ = trailer
     if version != VERSION:
         raise VectorFileError(f"{path}: unknown vector file version {version}")
-    payload = np.frombuffer(data, dtype=np.uint8, offset=_HEADER.size)
-    if payload.size != length:
-        raise VectorFileError(f"{path}: truncated ({payload.size} of {length} payload bytes)")
-    if zlib.crc32(payload) != crc:
+    if length != size - _TRAILER.size:
+        raise VectorFileError(f"{path}: truncated ({size - _TRAILER.size} of {length} bytes)")
+    if _crc(path, length)[1] != crc:
         raise VectorFileError(f"{path}: checksum mismatch")
+    flags = (faiss.IO_FLAG_MMAP if kind == KIND_IVF else faiss.IO_FLAG_MMAP_IFC) if mmap else 0
     try:
-        index = faiss.deserialize_index(payload)
+        index = faiss.read_index(str(path), flags)
     except RuntimeError as exc:
         raise VectorFileError(f"{path}: FAISS could not read it ({exc})") from exc
     if index.ntotal != count or index.d != dim:
         raise VectorFileError(
-            f"{path}: header says {count}x{dim}, index is {index.ntotal}x{index.d}"
+            f"{path}: trailer says {count}x{dim}, index is {index.ntotal}x{index.d}"
         )
     return index, int(generation)
-
-
-class Vectors:
-    """A loaded ANN index with chunk-id labels, searchable with or without an allow-list."""
-
-    def __init__(self, index: faiss.Index) -> None:
-        if not hasattr(index, "id_map"):
-            raise InputError("expected an IndexIDMap2 labelled with chunk ids")
-        self.index = index
-        self.index_type = describe(index)
-        inner = faiss.downcast_index(index.index)
-        self._hnsw = isinstance(inner, faiss.IndexHNSW)
-        self._ef_search = int(inner.hnsw.efSearch) if self._hnsw else 0
-        storage = faiss.downcast_index(inner.storage) if self._hnsw else inner
-        n, d = index.ntotal, index.d
-        # A view of FAISS's own float32 storage (no copy): valid while ``index`` lives and is
-        # not added to (Vectors never adds).
-        self._matrix = faiss.rev_swig_ptr(storage.get_xb(), n * d).reshape(n, d) if n else None
-        self._ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-        self._order = np.argsort(self._ids, kind="stable")
-        self._sorted_ids = self._ids[self._order]
-
-    @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
-
-    @property
-    def dim(self) -> int:
-        return int(self.index.d)
-
-    def _positions(self, allowed: np.ndarray) -> np.ndarray:
-        """Row positions of the ``allowed`` chunk ids that this index holds."""
-        allowed = np.asarray(allowed, dtype=np.int64)
-        if len(allowed) > 1 and not np.all(allowed[1:] > allowed[:-1]):
-            allowed = np.unique(allowed)  # the store's allow-lists are sorted already
-        if len(self._sorted_ids) == 0 or len(allowed) == 0:
-            return np.empty(0, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self._sorted_ids, allowed), len(self._sorted_ids) - 1)
-        return self._order[at[self._sorted_ids[at] == allowed]]
-
-    def _exact(
-        self, queries: np.ndarray, k: int, rows: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        labels = np.full((len(queries), k), -1, dtype=np.int64)
-        if len(rows) == 0 or self._matrix is None:
-            return scores, labels
-        sub, sub_ids = self._matrix[rows], self._ids[rows]
-        kk = min(k, len(rows))
-        for start in range(0, len(queries), 256):
-            sims = queries[start : start + 256] @ sub.T
-            top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-            top_scores = np.take_along_axis(sims, top, axis=1)
-            order = np.argsort(-top_scores, axis=1, kind="stable")
-            scores[start : start + 256, :kk] = np.take_along_axis(top_scores, order, axis=1)
-            labels[start : start + 256, :kk] = sub_ids[np.take_along_axis(top, order, axis=1)]
-        return scores, labels
-
-    def search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, chunk ids) per query; padded with ``-inf`` / ``-1``.
-
-        With ``allowed``, only those chunk ids are candidates and the search returns
-        ``min(k, len(allowed))`` hits: a FAISS ID selector restricts the ANN search, and
-        selective allow-lists (or HNSW rows that came back short) are answered exactly.
-        """
-        queries = _as_matrix(queries, self.dim)
-        if allowed is None:
-            scores, labels = self.index.search(queries, k)
-        else:
-            rows = self._positions(allowed)
-            if len(rows) <= EXACT_FILTER_MAX:
-                return self._exact(queries, k, rows)
-            keep = np.ascontiguousarray(self._ids[rows])
-            selector = faiss.IDSelectorBatch(keep)  # held here: params keep a raw pointer
-            if self._hnsw:  # explore in proportion to what the filter leaves out
-                wider = -(-2 * k * self.ntotal // len(rows))
-                params = faiss.SearchParametersHNSW(
-                    sel=selector, efSearch=min(self.ntotal, max(self._ef_search, wider))
-                )
-            else:
-                params = faiss.SearchParameters(sel=selector)
-            scores, labels = self.index.search(queries, k, params=params)
-            short = np.flatnonzero((labels >= 0).sum(axis=1) < min(k, len(rows)))
-            if len(short):
-                scores[short], labels[short] = self._exact(queries[short], k, rows)
-        scores = np.where(labels < 0, -np.inf, scores).astype(np.float32)
-        return scores, labels.astype(np.int64)

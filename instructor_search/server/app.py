@@ -137,11 +137,10 @@ def _options(body: SearchOptions, settings: ServerSettings) -> dict[str, Any]:
 def _add_routes(app: FastAPI, live: LiveIndex, settings: ServerSettings) -> None:
     @app.post("/search", response_model=SearchResponse)
     def search(body: SearchRequest) -> dict[str, Any]:
-        """The best hits for one query (``Retriever.search``)."""
+        """The best hits for one query (``Retriever.search``; requests alike that arrive
+        together are searched as one batch)."""
         options = _options(body, settings)
-        hits, took = _timed(
-            live, lambda r: r.search(body.query, instruction=body.instruction, **options)
-        )
+        hits, took = live.search(body.query, instruction=body.instruction, **options)
         return {"hits": [hit.to_dict() for hit in hits], "took_ms": took}
 
     @app.post("/search/batch", response_model=BatchResponse)

@@ -70,7 +70,10 @@ class CompareRequest(SearchOptions):
 
 class SearchResponse(BaseModel):
     hits: list[Hit]
-    took_ms: float = Field(description="Time spent in the retriever (queueing excluded).")
+    took_ms: float = Field(
+        description="Milliseconds the retriever took for the batch this search was part of "
+        "(concurrent requests alike are searched together; queueing excluded)."
+    )
 
 
 class BatchResponse(BaseModel):

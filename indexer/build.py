@@ -2,7 +2,9 @@
 
 Work is committed in batches of documents, each batch one SQLite transaction, so a build
 killed at any moment leaves the index at its last committed batch; rerunning the same build
-skips every document already stored with the same content hash.
+skips every document already stored with the same content hash. Vectors embedded for a pool
+whose documents are not committed yet are kept in the build journal (:mod:`.journal`) slice
+by slice, so a rerun re-embeds at most the slice that was in flight.
 """
 
 from __future__ import annotations
@@ -10,27 +12,26 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from instructor_search.documents import Chunk, Document
+from instructor_search.documents import Document
 from instructor_search.encoder.checkpoints import Checkpoint, resolve
 from instructor_search.encoder.instructor import Instructor
 from instructor_search.encoder.profiles import profile_for
-from instructor_search.errors import IndexStoreError, InputError, ReaderError
+from instructor_search.errors import IndexStoreError, InputError
 from instructor_search.store.index import INDEX_FILE, CollectionSettings, Index
 
 from .chunking import Chunker, ChunkSettings
-from .readers import ReaderSettings, ReadFailure, Skipped, scan
+from .doc_ids import DocumentIds, under
+from .embedding import embed_and_store
+from .journal import JOURNAL_FILE, discard
+from .progress import READING, BuildProgress, ProgressBars, ProgressCallback
+from .readers import ReaderSettings, ReadFailure, Skipped, checked_source, scan
 
 logger = logging.getLogger(__name__)
-
-#: Longest title (in tokens) prepended to each chunk for embedding; longer ones are cut.
-MAX_TITLE_TOKENS = 48
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class BuildSettings:
     commit_documents: int = 64
     #: Chunks embedded together (sorted by length into batches) before their documents are
     #: committed: a larger pool pads less (9.2% padded tokens with 64 SciFact documents per
-    #: pool, 1.4% with ~1,000 chunks); a crash re-embeds at most one pool.
+    #: pool, 1.4% with ~1,000 chunks). Its vectors are journaled slice by slice as they are
+    #: embedded, so a crash re-embeds at most one slice (:data:`EMBED_SLICE` chunks).
     pool_chunks: int = 1024
     rebuild: bool = False
     #: Encoder backend: "auto" (ONNX Runtime if it passes its fidelity gate), "torch", "onnx".
@@ -65,7 +67,10 @@ class BuildReport:
     documents_deleted: int = 0
     documents_unchanged: int = 0
     documents_failed: int = 0
+    #: Chunks the model embedded in this build.
     chunks_embedded: int = 0
+    #: Chunks whose vectors a killed build had embedded (taken from the journal, not embedded).
+    chunks_resumed: int = 0
     documents_total: int = 0
     chunks_total: int = 0
     seconds: float = 0.0
@@ -92,9 +97,6 @@ class _Scan:
     failed_files: set[str] = field(default_factory=set)
 
 
-Progress = Callable[[str, int], None]
-
-
 def build(
     sources: Sequence[str | os.PathLike[str]],
     index_path: str | os.PathLike[str],
@@ -102,20 +104,23 @@ def build(
     *,
     model: Instructor | None = None,
     show_progress: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> BuildReport:
     """Bring the index at ``index_path`` in line with ``sources`` (folders, files, record files).
 
     New and changed documents are embedded, documents gone from a scanned source are removed,
-    unchanged ones cost a hash comparison. Returns what was done.
+    unchanged ones cost a hash comparison. Document ids are unique across sources (see
+    :mod:`.doc_ids`). ``show_progress`` draws bars on stderr; ``on_progress`` gets each
+    :class:`~.progress.BuildProgress` instead. Returns what was done.
     """
     settings = settings or BuildSettings()
-    roots = [_checked_source(Path(source)) for source in sources]
+    roots = list(dict.fromkeys(checked_source(source).resolve() for source in sources))
 
-    def collect(index: Index, report: BuildReport) -> tuple[list[tuple[Document, bool]], list[str]]:
-        found = _scan(roots, settings.reader, index.document_hashes(), report)
+    def collect(index: Index, report: BuildReport, progress: ProgressCallback) -> _Collected:
+        found = _scan(roots, settings.reader, index, report, progress)
         return found.pending, _gone(index, found)
 
-    return _run(Path(index_path), settings, model, show_progress, collect)
+    return _run(Path(index_path), settings, model, _progress(show_progress, on_progress), collect)
 
 
 def add_documents(
@@ -125,6 +130,7 @@ def add_documents(
     *,
     model: Instructor | None = None,
     show_progress: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> BuildReport:
     """Embed and store :class:`Document` objects made in Python (no files needed).
 
@@ -132,26 +138,50 @@ def add_documents(
     content is replaced; nothing else in the index is touched (use :func:`delete_documents`).
     """
 
-    def collect(index: Index, report: BuildReport) -> tuple[list[tuple[Document, bool]], list[str]]:
+    def collect(index: Index, report: BuildReport, progress: ProgressCallback) -> _Collected:
         stored, pending = index.document_hashes(), {}
         for doc in documents:  # the last of several documents with one id wins
             pending[doc.id] = doc
         return _changed(pending.values(), stored, report), []
 
-    return _run(Path(index_path), settings or BuildSettings(), model, show_progress, collect)
+    progress = _progress(show_progress, on_progress)
+    return _run(Path(index_path), settings or BuildSettings(), model, progress, collect)
 
 
-Collector = Callable[[Index, BuildReport], tuple[list[tuple[Document, bool]], list[str]]]
+#: What a build embeds (``(document, is_update)``) and the ids of documents it removes.
+_Collected = tuple[list[tuple[Document, bool]], list[str]]
+Collector = Callable[[Index, "BuildReport", ProgressCallback], _Collected]
+
+
+def _progress(show: bool, callback: ProgressCallback | None) -> ProgressCallback:
+    """The callback a build reports to: the caller's, tqdm bars, or nothing."""
+    if callback is not None:
+        return callback
+    return ProgressBars() if show else lambda event: None
 
 
 def _run(
     index_path: Path,
     settings: BuildSettings,
     model: Instructor | None,
-    show_progress: bool,
+    progress: ProgressCallback,
     collect: Collector,
 ) -> BuildReport:
     """Open (or create) the index, then delete and embed what ``collect`` says."""
+    try:
+        return _build(index_path, settings, model, progress, collect)
+    finally:
+        if isinstance(progress, ProgressBars):
+            progress.close()
+
+
+def _build(
+    index_path: Path,
+    settings: BuildSettings,
+    model: Instructor | None,
+    progress: ProgressCallback,
+    collect: Collector,
+) -> BuildReport:
     validate(settings)
     started = time.perf_counter()
     checkpoint = model.checkpoint if model else resolve(settings.model)
@@ -165,15 +195,22 @@ def _run(
         return loaded[0]
 
     collection = _collection_settings(checkpoint, settings, model)
-    index = _open_index(index_path, collection, settings.rebuild, lambda: the_model().dimension)
+
+    def prepared() -> int:  # a new index: the model's dimension, once its chunk window is valid
+        loaded_model = the_model()
+        max_text = loaded_model.max_text_tokens(collection.document_instruction)
+        Chunker(loaded_model.tokenizer, settings.chunk, max_text_tokens=max_text)
+        return loaded_model.dimension
+
+    index = _open_index(index_path, collection, settings.rebuild, prepared)
+    if settings.rebuild:
+        discard(index_path)  # vectors a killed build of the old index had embedded
     report = BuildReport()
     try:
-        pending, gone = collect(index, report)
+        pending, gone = collect(index, report, progress)
         report.documents_deleted = index.delete(gone)
         if pending:
-            _embed_and_store(
-                index, the_model(), collection, settings, pending, report, show_progress
-            )
+            embed_and_store(index, the_model(), collection, settings, pending, report, progress)
         index.sync_derived()
         stats = index.stats()
         report.documents_total, report.chunks_total = stats.documents, stats.chunks
@@ -199,14 +236,6 @@ def _changed(
     return pending
 
 
-def _checked_source(source: Path) -> Path:
-    if not source.exists():
-        raise ReaderError(
-            f"Source {source} does not exist; pass a folder, a file or a JSONL/CSV file"
-        )
-    return source.resolve()
-
-
 def _collection_settings(
     checkpoint: Checkpoint, settings: BuildSettings, model: Instructor | None
 ) -> CollectionSettings:
@@ -227,8 +256,14 @@ def _collection_settings(
 def _open_index(
     path: Path, collection: CollectionSettings, rebuild: bool, dimension: Callable[[], int]
 ) -> Index:
-    """Open the index there, or create it in a new or empty folder; never adopt another folder."""
-    if (path / INDEX_FILE).is_file() and not rebuild:
+    """Open the index there, or create it in a new or empty folder; never adopt another folder.
+
+    ``dimension`` loads the model (and checks what depends on it) before anything is created.
+    A folder that holds only what a killed build left of ours (an unfinished ``index.sqlite``,
+    a temporary one, a journal) counts as empty.
+    """
+    exists = Index.exists(path)
+    if exists and not rebuild:
         index = Index.open(path)
         try:
             index.check_compatible(
@@ -238,7 +273,7 @@ def _open_index(
             index.close()
             raise
         return index
-    if path.is_dir() and not (path / INDEX_FILE).is_file() and any(path.iterdir()):
+    if not exists and path.is_dir() and any(not _ours(entry.name) for entry in path.iterdir()):
         raise IndexStoreError(
             f"{path} is a folder with other files in it and no index; "
             f"pass a new or empty folder to --index"
@@ -247,12 +282,27 @@ def _open_index(
     return Index.create(path, created, overwrite=rebuild)
 
 
+def _ours(name: str) -> bool:
+    """A file name a build of ours makes in an index folder before its index is complete."""
+    return name.startswith((INDEX_FILE, JOURNAL_FILE))
+
+
 def _scan(
-    roots: list[Path], reader: ReaderSettings, stored: dict[str, str], report: BuildReport
+    roots: list[Path],
+    reader: ReaderSettings,
+    index: Index,
+    report: BuildReport,
+    progress: ProgressCallback,
 ) -> _Scan:
+    """Read every source; failures go in the report (and the log at INFO: the caller prints
+    the report's failures, once)."""
     found = _Scan(roots=roots)
+    stored, ids = index.document_hashes(), DocumentIds(index.document_sources())
+    read = 0
     for root in roots:
         for item in scan(root, reader):
+            read += 1
+            progress(BuildProgress(READING, read, None))
             if isinstance(item, Skipped):
                 report.skipped.append(item)
                 logger.info("skipped %s: %s", item.path, item.reason)
@@ -261,13 +311,14 @@ def _scan(
                 report.documents_failed += 1
                 found.failed_files.add(str(root / item.path if root.is_dir() else root))
                 where = f"{item.path}:{item.line}" if item.line else item.path
-                logger.warning("could not read %s: %s", where, item.reason)
-            elif item.id in found.seen:
-                report.failures.append(ReadFailure(item.source, None, f"duplicate id {item.id!r}"))
+                logger.info("could not read %s: %s", where, item.reason)
+            elif (doc := ids.assign(item, root)) is None:
+                why = f"id {item.id!r} is held by other sources' documents; give it another id"
+                report.failures.append(ReadFailure(item.metadata.get("path", item.id), None, why))
                 report.documents_failed += 1
             else:
-                found.seen.add(item.id)
-                found.pending += _changed([item], stored, report)
+                found.seen.add(doc.id)
+                found.pending += _changed([doc], stored, report)
     return found
 
 
@@ -279,177 +330,63 @@ def _gone(index: Index, found: _Scan) -> list[str]:
     roots = [str(root) for root in found.roots]
     gone = []
     for doc_id, source in index.document_sources().items():
-        if doc_id in found.seen or not any(_under(source, root) for root in roots):
+        if doc_id in found.seen or not any(under(source, root) for root in roots):
             continue
-        if any(_under(source, failed) for failed in found.failed_files):
+        if any(under(source, failed) for failed in found.failed_files):
             continue
         gone.append(doc_id)
     return gone
 
 
-def _under(source: str, root: str) -> bool:
-    return source == root or source.startswith((root + os.sep, root + ":"))
-
-
-def _embed_and_store(
-    index: Index,
-    model: Instructor,
-    collection: CollectionSettings,
-    settings: BuildSettings,
-    pending: list[tuple[Document, bool]],
-    report: BuildReport,
-    show_progress: bool,
-) -> None:
-    instruction = collection.document_instruction
-    max_text = model.max_text_tokens(instruction)
-    chunkers = _Chunkers(model, settings.chunk)
-    progress = _progress_bar(len(pending), show_progress)
-    try:
-        pools = _pools(
-            pending, settings.pool_chunks, lambda d: _chunk(d, chunkers, model, max_text)
-        )
-        for pool in pools:
-            vectors = _embed_pool(pool, model, instruction, settings.batch_size, report, progress)
-            offset = 0
-            for start in range(0, len(pool), settings.commit_documents):
-                group = pool[start : start + settings.commit_documents]
-                rows = []
-                for doc, _, pieces in group:
-                    chunks = [chunk for chunk, _, _ in pieces]
-                    rows.append((doc, chunks, vectors[offset : offset + len(pieces)]))
-                    offset += len(pieces)
-                index.upsert(rows)
-                for _, is_update, pieces in group:
-                    report.chunks_embedded += len(pieces)
-                    if is_update:
-                        report.documents_updated += 1
-                    else:
-                        report.documents_added += 1
-                if progress is not None:
-                    progress.update(len(group))
-                    progress.set_postfix(chunks=report.chunks_embedded, refresh=False)
-    finally:
-        if progress is not None:
-            progress.close()
-
-
-#: Texts per ``embed`` call inside a pool (longest first): the progress bar moves between them.
-EMBED_SLICE = 128
-
-_Piece = tuple[Chunk, str, int]  # a chunk, the text embedded for it, that text's token count
-_Pending = tuple[Document, bool, list[_Piece]]
-
-
-def _embed_pool(
-    pool: list[_Pending],
-    model: Instructor,
-    instruction: str,
-    batch_size: int,
-    report: BuildReport,
-    progress: Any,
-) -> np.ndarray:
-    """The pool's chunk vectors in pool order, embedded longest first in slices of
-    :data:`EMBED_SLICE` texts (each slice pads little; the progress bar counts the chunks)."""
-    texts = [text for _, _, pieces in pool for _, text, _ in pieces]
-    tokens = [count for _, _, pieces in pool for _, _, count in pieces]
-    order = sorted(range(len(texts)), key=lambda i: -tokens[i])
-    vectors = np.empty((len(texts), model.dimension), dtype=np.float32)
-    for start in range(0, len(order), EMBED_SLICE):
-        part = order[start : start + EMBED_SLICE]
-        vectors[part] = model.embed([texts[i] for i in part], instruction, batch_size=batch_size)
-        if progress is not None:
-            done = report.chunks_embedded + start + len(part)
-            progress.set_postfix(chunks=done, refresh=True)
-    return vectors
-
-
-def _pools(
-    pending: list[tuple[Document, bool]],
-    pool_chunks: int,
-    chunk: Callable[[Document], list[_Piece]],
-) -> Iterator[list[_Pending]]:
-    """Chunked documents in groups of at least ``pool_chunks`` chunks (the last: the rest)."""
-    pool: list[_Pending] = []
-    size = 0
-    for doc, is_update in pending:
-        pieces = chunk(doc)
-        pool.append((doc, is_update, pieces))
-        size += len(pieces)
-        if size >= pool_chunks:
-            yield pool
-            pool, size = [], 0
-    if pool:
-        yield pool
-
-
-def _chunk(doc: Document, chunkers: _Chunkers, model: Instructor, max_text: int) -> list[_Piece]:
-    """The document's chunks, each with the text to embed (``title + " " + chunk``) and about
-    how many tokens that text has.
-
-    The title's tokens (+1 for the seam) come off every chunk's budget, so that no embedded
-    input is ever truncated.
-    """
-    title = _short_title(doc.title, model)
-    title_tokens = 0
-    if title:
-        title_tokens = len(model.tokenizer(title, add_special_tokens=False)["input_ids"]) + 1
-    chunks = chunkers.get(max_text - title_tokens).chunk(doc.text)
-    return [
-        (chunk, f"{title} {chunk.text}" if title else chunk.text, chunk.token_count + title_tokens)
-        for chunk in chunks
-    ]
-
-
-class _Chunkers:
-    """One :class:`Chunker` per token budget (making one copies the tokenizer: ~20 ms)."""
-
-    def __init__(self, model: Instructor, settings: ChunkSettings) -> None:
-        self.model, self.settings = model, settings
-        self._by_budget: dict[int, Chunker] = {}
-
-    def get(self, max_text_tokens: int) -> Chunker:
-        window = min(self.settings.chunk_tokens, max_text_tokens)  # what the Chunker will use
-        if window not in self._by_budget:
-            self._by_budget[window] = Chunker(
-                self.model.tokenizer, self.settings, max_text_tokens=window
-            )
-        return self._by_budget[window]
-
-
-def _short_title(title: str, model: Instructor) -> str:
-    title = " ".join(title.split())
-    if not title:
-        return ""
-    encoded = model.tokenizer(title, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = encoded["offset_mapping"]
-    if len(offsets) <= MAX_TITLE_TOKENS:
-        return title
-    return title[: offsets[MAX_TITLE_TOKENS - 1][1]]
-
-
-def _progress_bar(total: int, show: bool) -> Any:
-    if not show:
-        return None
-    import sys
-
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="Embedding", unit="doc", file=sys.stderr, dynamic_ncols=True)
-
-
 def delete_documents(index_path: str | os.PathLike[str], doc_ids: Iterable[str]) -> int:
-    """Remove documents (and their chunks) from an index; returns how many were there."""
+    """Remove documents (and their chunks) from an index; returns how many were removed.
+
+    Each of ``doc_ids`` is a document id (what a search hit and ``Index.documents()`` show) or
+    the path of a file that was indexed (all of its records, for a record file). One that
+    matches nothing is an :class:`InputError` naming it, and nothing is removed.
+    """
     with Index.open(index_path) as index:
-        removed = index.delete(list(doc_ids))
+        sources = index.document_sources()
+        chosen: list[str] = []
+        unknown: list[str] = []
+        for given in doc_ids:
+            found = [given] if given in sources else _documents_of_file(given, sources)
+            chosen += found
+            if not found:
+                unknown.append(given)
+        if unknown:
+            names = ", ".join(repr(name) for name in unknown)
+            raise InputError(
+                f"No document {names} in {index_path} (neither an id nor an indexed file); "
+                f"instructor-index ls {index_path} lists the ids"
+            )
+        removed = index.delete(chosen)
         index.sync_derived()
     return removed
 
 
+def _documents_of_file(path: str, sources: dict[str, str]) -> list[str]:
+    """Ids of the documents read from the file at ``path`` (a file, or a record file)."""
+    if not os.path.isfile(path):
+        return []
+    names = {os.path.abspath(path), os.path.realpath(path)}
+    return [
+        doc_id
+        for doc_id, source in sources.items()
+        if any(source == name or source.startswith((name + ":", name + "#")) for name in names)
+    ]
+
+
 def validate(settings: BuildSettings) -> None:
-    """Raise :class:`InputError` for settings that cannot work, before any work is done."""
-    if settings.batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {settings.batch_size}")
-    if settings.pool_chunks < 1:
-        raise InputError(f"pool_chunks must be at least 1, got {settings.pool_chunks}")
-    if settings.commit_documents < 1:
-        raise InputError(f"commit_documents must be at least 1, got {settings.commit_documents}")
+    """Raise :class:`InputError` for settings that cannot work, before anything is written."""
+    from instructor_search.encoder.onnx_backend import BACKENDS
+    from instructor_search.encoder.precision import PRECISIONS
+
+    for name in ("batch_size", "pool_chunks", "commit_documents"):
+        value = getattr(settings, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
+    if settings.backend not in BACKENDS:
+        raise InputError(f"backend {settings.backend!r} must be one of {list(BACKENDS)}")
+    if settings.precision not in PRECISIONS:
+        raise InputError(f"precision {settings.precision!r} must be one of {list(PRECISIONS)}")

@@ -44,8 +44,13 @@ class ChunkSettings:
     """About how many tokens consecutive chunks share."""
 
     def __post_init__(self) -> None:
-        if self.chunk_tokens < 1:
-            raise InputError(f"chunk_tokens must be positive, got {self.chunk_tokens}")
+        if not isinstance(self.chunk_tokens, int) or self.chunk_tokens < MIN_WINDOW:
+            raise InputError(
+                f"chunk_tokens of {self.chunk_tokens!r} is too small a chunk window: it must be "
+                f"at least {MIN_WINDOW} tokens"
+            )
+        if not isinstance(self.chunk_overlap, int):
+            raise InputError(f"chunk_overlap must be a whole number, got {self.chunk_overlap!r}")
         if self.chunk_overlap < 0:
             raise InputError(f"chunk_overlap must be 0 or more, got {self.chunk_overlap}")
         if self.chunk_overlap >= self.chunk_tokens:

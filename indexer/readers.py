@@ -50,14 +50,21 @@ def scan(
     Raises :class:`ReaderError` at once if ``source`` does not exist; any other problem is
     yielded as a :class:`ReadFailure` and the scan goes on.
     """
+    return _scan(checked_source(source), settings)
+
+
+def checked_source(source: Path | str) -> Path:
+    """The absolute path of a corpus source (symlinks kept); :class:`ReaderError` when it does
+    not exist or its path is not UTF-8 text."""
     source = Path(source)
     if not source.exists():
-        raise ReaderError(f"corpus source {escaped(str(source))} does not exist; check the path")
-    if not _is_utf8(str(source)):
         raise ReaderError(
-            f"corpus source {escaped(str(source))}: its path is not valid UTF-8; rename it"
+            f"corpus source {escaped(str(source))} does not exist; pass a folder, a file or a "
+            "JSONL/CSV file"
         )
-    return _scan(Path(os.path.abspath(source)), settings)
+    if not _is_utf8(str(source)):
+        raise ReaderError(f"corpus source {escaped(str(source))}: its path is not UTF-8; rename it")
+    return Path(os.path.abspath(source))
 
 
 def escaped(path: str) -> str:

@@ -14,6 +14,7 @@ import click
 from instructor_search import __version__
 
 from .index_commands import build, delete, info
+from .index_commands import ls as ls_command
 from .search_commands import evaluate, parse_where, search
 from .serve_commands import serve, watch
 from .shard_commands import export, ingest
@@ -47,6 +48,7 @@ cli.add_command(watch)
 cli.add_command(tune)
 cli.add_command(ingest)
 cli.add_command(export)
+cli.add_command(ls_command)
 
 
 def main() -> None:

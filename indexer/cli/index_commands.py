@@ -1,4 +1,4 @@
-"""``build``, ``info`` and ``delete``: making and looking after an index."""
+"""``build``, ``info``, ``ls`` and ``delete``: making and looking after an index."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import click
 
 from ..chunking import ChunkSettings
 from .common import (
-    EXIT_ERROR,
     EXIT_SOME_FAILED,
     backend_option,
     errors_as_messages,
@@ -73,8 +72,9 @@ from .common import (
     "--pool-chunks",
     default=1024,
     show_default=True,
-    help="Chunks embedded together before their documents are committed: larger pads less, "
-    "a crash re-embeds at most this many.",
+    help="Chunks embedded together (longest first) before their documents are committed: "
+    "larger pads less. What is embedded is journaled slice by slice, so a crash re-embeds "
+    "at most one slice (128 chunks).",
 )
 @click.option(
     "--rebuild", is_flag=True, help="Start over: delete the index there and embed everything."
@@ -144,14 +144,22 @@ def build(
         click.echo(
             f"{index_path}: {report.documents_added} added, {report.documents_updated} updated, "
             f"{report.documents_deleted} deleted, {report.documents_unchanged} unchanged, "
-            f"{report.documents_failed} failed; {report.chunks_embedded} chunks embedded "
-            f"in {report.seconds:.1f}s{_encoder(report)}. Now {report.documents_total} "
+            f"{report.documents_failed} failed; {report.chunks_embedded} chunks embedded"
+            f"{_resumed(report)} in {report.seconds:.1f}s{_encoder(report)}. "
+            f"Now {report.documents_total} "
             f"documents, {report.chunks_total} chunks."
         )
         if report.skipped:
             click.echo(f"skipped {len(report.skipped)} files of unknown type (-v lists them)")
     if report.documents_failed:
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _resumed(report: Any) -> str:
+    """`` (+ 40 a killed build had embedded)``, when a build took vectors from its journal."""
+    return (
+        f" (+ {report.chunks_resumed} a killed build had embedded)" if report.chunks_resumed else ""
+    )
 
 
 def _encoder(report: Any) -> str:
@@ -181,11 +189,7 @@ def info(index_path: Path, as_json: bool) -> None:
         return
     width = max(len(key) for key in stats)
     for key, value in stats.items():
-        click.echo(
-            f"{key.ljust(width)}  {value!r}"
-            if isinstance(value, str)
-            else f"{key.ljust(width)}  {value}"
-        )
+        click.echo(f"{key.ljust(width)}  {'-' if value is None else value}")
 
 
 @click.command()
@@ -194,11 +198,17 @@ def info(index_path: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @errors_as_messages
 def delete(index_path: Path, doc_ids: tuple[str, ...], as_json: bool) -> None:
-    """Remove documents (by id) and their chunks from an index.
+    """Remove documents and their chunks from an index.
+
+    Each DOC_ID is a document id, as `ls` and search hits show it, or the path of an indexed
+    file (all its records, for a record file). One that matches nothing is an error, and
+    nothing is removed.
 
     \b
     Example:
-        instructor-index delete ./my-index notes/old.md papers.jsonl-42
+        instructor-index ls ./my-index
+        instructor-index delete ./my-index old.md 42
+        instructor-index delete ./my-index notes/old.md
     """
     from ..build import delete_documents
 
@@ -206,6 +216,32 @@ def delete(index_path: Path, doc_ids: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         print_json({"documents_deleted": removed, "requested": len(doc_ids)})
     else:
-        click.echo(f"deleted {removed} of {len(doc_ids)} documents")
-    if removed < len(doc_ids):
-        sys.exit(EXIT_ERROR)
+        click.echo(f"deleted {removed} document{'' if removed == 1 else 's'}")
+
+
+@click.command(name="ls")
+@click.argument("index_path", metavar="INDEX", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON: id, title, source, chunks.")
+@errors_as_messages
+def ls(index_path: Path, as_json: bool) -> None:
+    """List the documents of an index: id, chunks, title and source.
+
+    The ids are those search hits show and `delete` takes.
+
+    \b
+    Example:
+        instructor-index ls ./my-index
+        instructor-index ls ./my-index --json
+    """
+    from dataclasses import asdict
+
+    from instructor_search.store.index import Index
+
+    with Index.open(index_path, readonly=True) as index:
+        documents = index.documents()
+    if as_json:
+        print_json([asdict(doc) for doc in documents])
+        return
+    width = max((len(doc.id) for doc in documents), default=2)
+    for doc in documents:
+        click.echo(f"{doc.id.ljust(width)}  {doc.chunks:>5}  {doc.title}  ({doc.source})")

@@ -12,9 +12,10 @@ other processes never see a half-written state.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,7 @@ from ..errors import (
     InputError,
 )
 from .collection import CollectionSettings, IndexStats
-from .connection import connect, utc_now, writer_pragmas
+from .connection import connect, locked, utc_now, writer_pragmas
 from .derived import INDEX_FILE, KEYWORDS_FILE, VECTORS_FILE
 from .migrations import SCHEMA_VERSION, migrate, pending_migrations
 from .reads import ChunkRecord, IndexReads
@@ -42,9 +43,43 @@ __all__ = [
     "VECTORS_FILE",
     "ChunkRecord",
     "CollectionSettings",
+    "DocumentInfo",
     "Index",
     "IndexStats",
 ]
+
+#: A new ``index.sqlite`` is made under this name (+ a process id) and renamed when complete.
+CREATING_PREFIX = f"{INDEX_FILE}.creating-"
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """One stored document as ``instructor-index ls`` lists it."""
+
+    id: str
+    title: str
+    source: str
+    chunks: int
+
+
+def _unfinished(file: Path) -> bool:
+    """Whether ``file`` is an ``index.sqlite`` whose creation was cut short (by a version that
+    did not create atomically): empty, no tables at all, or our tables and no collection row."""
+    if file.stat().st_size == 0:
+        return True
+    try:
+        db = sqlite3.connect(f"file:{file}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            if not tables:
+                return True
+            if not {"_migrations", "collection"} <= tables:
+                return False
+            return db.execute("SELECT count(*) FROM collection").fetchone()[0] == 0
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False  # damaged: reported by open(), never replaced unasked
 
 
 class Index(IndexWrites, IndexReads):
@@ -57,39 +92,59 @@ class Index(IndexWrites, IndexReads):
 
     # -- opening -----------------------------------------------------------------------------
 
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        """Whether ``path`` holds an index (finished, or damaged: :meth:`open` says how).
+
+        ``False`` for none, and for an ``index.sqlite`` whose creation was cut short by an
+        older version (no tables, or no collection row), which :meth:`create` replaces.
+        """
+        file = Path(path) / INDEX_FILE
+        return file.is_file() and not _unfinished(file)
+
     @classmethod
     def create(
         cls, path: str | Path, settings: CollectionSettings, *, overwrite: bool = False
     ) -> Index:
         """Make the folder and an empty index in it; an existing index is replaced only with
-        ``overwrite`` (both files go, with SQLite's -wal/-shm)."""
+        ``overwrite`` (both files go, with SQLite's -wal/-shm and the derived files).
+
+        Atomic: the database is made complete under a temporary name in the folder, then
+        renamed to ``index.sqlite``, so a create killed at any moment leaves either no index
+        or a whole empty one (and a temporary file the next create removes).
+        """
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise IndexStoreError(f"{path} is a file, not an index folder")
-        if (path / INDEX_FILE).exists() and not overwrite:
+        if cls.exists(path) and not overwrite:
             raise IndexStoreError(
                 f"An index already exists at {path}; pass --rebuild (overwrite=True) to replace it"
             )
         if not isinstance(settings.dimension, int) or settings.dimension < 1:
             raise InputError(f"dimension must be a positive int, got {settings.dimension!r}")
         path.mkdir(parents=True, exist_ok=True)
-        for name in (
-            INDEX_FILE,
-            f"{INDEX_FILE}-wal",
-            f"{INDEX_FILE}-shm",
-            VECTORS_FILE,
-            KEYWORDS_FILE,
-        ):
-            (path / name).unlink(missing_ok=True)
-        db = connect(path / INDEX_FILE)
-        writer_pragmas(db)
-        migrate(db)
-        row = asdict(settings) | {"id": 1, "schema_version": SCHEMA_VERSION, "generation": 0}
-        row |= {"created_at": utc_now(), "settings_json": "{}", "index_type": "flat"}
-        row["recall_at_10"] = 1.0
-        with db.atomic():
-            db["collection"].insert(row)
-        return cls(path, db, readonly=False)
+        for leftover in path.glob(f"{CREATING_PREFIX}*"):  # from creates that were killed
+            leftover.unlink(missing_ok=True)
+        creating = path / f"{CREATING_PREFIX}{os.getpid()}"
+        db = connect(creating)  # rollback journal: everything is in the one file once closed
+        try:
+            migrate(db)
+            row = asdict(settings) | {"id": 1, "schema_version": SCHEMA_VERSION, "generation": 0}
+            row |= {"created_at": utc_now(), "settings_json": "{}", "index_type": "flat"}
+            row["recall_at_10"] = 1.0
+            with db.atomic():
+                db["collection"].insert(row)
+        except BaseException:
+            db.close()
+            creating.unlink(missing_ok=True)
+            raise
+        db.close()
+        with open(creating, "rb") as handle:
+            os.fsync(handle.fileno())
+        for name in (f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm", VECTORS_FILE, KEYWORDS_FILE):
+            (path / name).unlink(missing_ok=True)  # the replaced index's (or a stale one's)
+        os.replace(creating, path / INDEX_FILE)
+        return cls.open(path)
 
     @classmethod
     def open(cls, path: str | Path, *, readonly: bool = False) -> Index:
@@ -100,6 +155,11 @@ class Index(IndexWrites, IndexReads):
             raise IndexNotFoundError(
                 f"No index at {path} (no {INDEX_FILE}). "
                 f"Build one with: instructor-index build SOURCE --index {path}"
+            )
+        if _unfinished(file):
+            raise IndexNotFoundError(
+                f"No index at {path}: its {INDEX_FILE} was never finished (a build stopped "
+                f"while creating it). Build it with: instructor-index build SOURCE --index {path}"
             )
         db = None
         try:
@@ -152,6 +212,15 @@ class Index(IndexWrites, IndexReads):
                 + f"\nUse model {held.model!r} with its settings, or pass --rebuild to start over "
                 "(re-embeds everything)."
             )
+
+    @locked
+    def documents(self) -> list[DocumentInfo]:
+        """Every stored document, by id: its title, source and number of chunks."""
+        rows = self._db.execute(
+            "SELECT d.id, d.title, d.source, (SELECT count(*) FROM chunks c WHERE c.doc_id = d.id) "
+            "FROM documents d ORDER BY d.id"
+        ).fetchall()
+        return [DocumentInfo(*row) for row in rows]
 
     # -- shards ------------------------------------------------------------------------------
 

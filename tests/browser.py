@@ -9,6 +9,7 @@ downloaded (``SE_AVOID_STATS``, the driver path given explicitly, no selenium-ma
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -17,8 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,9 @@ CHROMIUM_FLAGS = (
     "--no-first-run",
     "--disable-quic",
 )
+#: Where the page may send requests: this machine only.
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+IN_BROWSER_SCHEMES = frozenset({"data", "blob", "about", "chrome", "chrome-untrusted"})
 SERVER_START_S = 60
 STOP_GRACE_S = 10
 #: Long enough for the first search, which loads the model.
@@ -151,6 +156,7 @@ def chromium(width: int = 1400, height: int = 1000) -> Iterator[Any]:
     options.binary_location = paths[0]
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # for requested_urls
     driver = webdriver.Chrome(options=options, service=Service(paths[1]))
     try:
         driver.set_window_size(width, height)
@@ -158,6 +164,34 @@ def chromium(width: int = 1400, height: int = 1000) -> Iterator[Any]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def requested_urls(driver: Any) -> list[str]:
+    """Every URL the page asked for since the last call, from Chromium's performance log
+    (DevTools ``Network.requestWillBeSent``: documents, scripts, fonts, images, XHR, websockets);
+    the log is drained by each call, so collect the calls' results."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        params = message.get("params", {})
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.append(params["request"]["url"])
+        elif message.get("method") == "Network.webSocketCreated":
+            urls.append(params["url"])
+    return urls
+
+
+def remote_hosts(urls: Iterable[str]) -> set[str]:
+    """The hosts among ``urls`` other than this machine's; URLs that go nowhere (``data:`` and
+    ``blob:`` made in the page, Chromium's own ``chrome:`` pages) are left out."""
+    hosts = set()
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme in IN_BROWSER_SCHEMES:
+            continue
+        if parts.hostname not in LOCAL_HOSTS:
+            hosts.add(parts.hostname or url)
+    return hosts
 
 
 # -- the page ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 ``instructor-index ui`` serves the page; selenium types a judged query, checks the top result's
 title against the judged document, switches mode, applies a filter and opens the comparison.
+Chromium's network log says every request of all that went to this machine.
 Skipped only when Chromium or chromedriver is not installed (Debian: ``chromium``,
 ``chromium-driver``).
 """
@@ -58,6 +59,7 @@ def test_search_page_in_chromium(sample_index: Path, tmp_path: Path) -> None:
     ):
         browser.open_page(driver, url)
         assert "No index" not in driver.page_source
+        requested = browser.requested_urls(driver)
 
         # The first search loads the model; the judged document comes first.
         browser.search(driver, query)
@@ -111,3 +113,11 @@ def test_search_page_in_chromium(sample_index: Path, tmp_path: Path) -> None:
         # The bundled model ignores instructions, so nothing moves and the page says why.
         assert moves == {"="}
         assert "ignores instructions" in driver.page_source
+
+        # Nothing the page asked for left this machine (fonts, icons, scripts, the websocket).
+        requested += browser.requested_urls(driver)
+        assert any(u.startswith(f"ws://127.0.0.1:{url.rsplit(':', 1)[1]}/") for u in requested)
+        assert any("/static/" in u and u.startswith(url) for u in requested)
+        assert browser.remote_hosts(requested) == set(), sorted(
+            u for u in requested if browser.remote_hosts([u])
+        )

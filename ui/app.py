@@ -33,7 +33,7 @@ log = logging.getLogger("instructor_search.ui")
 
 ENV_VAR = views.ENV_VAR
 TITLE = "instructor-search"
-ICON = ":material/manage_search:"
+ICON = ":material/manage_search:"  # drawn from the Material Symbols font Streamlit ships
 EXAMPLE_COUNT = 4
 VIEWS = ("Search", "Compare instructions")
 PER_DOCUMENT = "per_document"
@@ -135,7 +135,8 @@ def header(path: str | None) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title=TITLE, page_icon=ICON, layout="wide")
+    # A Material icon as favicon would be fetched from fonts.gstatic.com: an inline SVG instead.
+    st.set_page_config(page_title=TITLE, page_icon=render.FAVICON, layout="wide")
     st.set_option("client.toolbarMode", "viewer")  # no deploy button on a local tool
     st.html(render.STYLE)
     given = index_path_from(sys.argv[1:], os.environ)

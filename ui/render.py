@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from instructor_search.search.highlight import excerpt, match_spans
+from instructor_search.search.highlight import excerpt, match_spans, plain_text
 from instructor_search.search.retriever import Hit
 from instructor_search.store.index import IndexStats
 
@@ -30,6 +30,14 @@ SCORE_HELP = {
     "keyword": "BM25 keyword score (higher is better)",
     "hybrid": "reciprocal rank fusion of the dense and keyword rankings",
 }
+
+#: The tab's icon (a magnifier over lines, like the title's ``manage_search``), inline so the
+#: page needs nothing from outside this machine.
+FAVICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="#ff4b4b" '
+    'stroke-width="2.4" stroke-linecap="round"><path d="M3 6h7M3 12h4M3 18h7"/>'
+    '<circle cx="15.5" cy="11.5" r="4.5"/><path d="M18.8 14.8 22 18"/></svg>'
+)
 
 STYLE = """
 <style>
@@ -188,16 +196,18 @@ def _cut_after(text: str, limit: int) -> tuple[str, bool]:
 def surrounding_text(
     document_text: str, span: tuple[int, int], terms: Sequence[str], context: int = CONTEXT_CHARS
 ) -> str:
-    """The chunk in its place in the document, ``context`` characters around it, terms marked."""
+    """The chunk in its place in the document, ``context`` characters around it, as plain text
+    (lines kept, Markdown markup dropped), terms marked."""
     start, end = span
     before, cut_start = _cut_before(document_text[:start], context)
     after, cut_end = _cut_after(document_text[end:], context)
+    chunk = plain_text(document_text[start:end])
     return (
         '<div class="rc-context">'
         + ("… " if cut_start else "")
-        + highlight(before, terms)
-        + f'<span class="rc-chunk">{highlight(document_text[start:end], terms)}</span>'
-        + highlight(after, terms)
+        + highlight(plain_text(before), terms)
+        + f'<span class="rc-chunk">{highlight(chunk, terms)}</span>'
+        + highlight(plain_text(after), terms)
         + (" …" if cut_end else "")
         + "</div>"
     )

@@ -183,6 +183,18 @@ def test_document_html_is_shown_as_text(page: AppTest) -> None:
     assert "&lt;<mark>script</mark>&gt;" in card["html"]
 
 
+def test_markdown_is_shown_as_text(page: AppTest) -> None:
+    # every chunk of the inhaler document (its headings and **bold** list items among them)
+    at = search(page.run(), "the inhaler", mode="keyword", k=50, per_document=False)
+    no_failure(at)
+    found = [c for c in cards(at) if c["doc_id"] == "medicine/asthma-inhalers.md"]
+    assert len(found) > 3
+    for card in found:
+        assert "**" not in card["html"] and "## " not in card["html"]
+        assert "<mark>the</mark>" not in card["html"].lower()  # stop words are not marked
+    assert sum("<mark>inhaler" in card["html"].lower() for card in found) > 3
+
+
 def test_surrounding_text_on_demand(page: AppTest) -> None:
     at = search(page.run(), "asthma inhaler preventer", mode="keyword")
     expanders = [e for e in at.expander if e.label == "Whole chunk in its document"]
@@ -194,6 +206,7 @@ def test_surrounding_text_on_demand(page: AppTest) -> None:
     no_failure(at)
     context = [h.value for h in at.html if h.value.startswith('<div class="rc-context">')]
     assert context and '<span class="rc-chunk">' in context[0]
+    assert "**" not in context[0] and "## " not in context[0]  # the document as text
 
 
 def test_instruction_presets_list_the_index_pair_first(page: AppTest) -> None:

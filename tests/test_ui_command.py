@@ -4,6 +4,7 @@ listening socket holds the port; the command never gets as far as starting Strea
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -59,3 +60,18 @@ def test_a_missing_index_is_refused_first(tmp_path):
 
     result = CliRunner().invoke(cli, ["ui", str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "Serving" not in result.output
+
+
+def test_plain_streamlit_run_gathers_no_usage_stats(monkeypatch):
+    """``streamlit run ui/app.py`` reads ``ui/.streamlit/config.toml`` (as its CLI does, by
+    the script's path): no usage statistics sent to Streamlit from the page."""
+    from streamlit import config
+
+    app = Path(__file__).resolve().parents[1] / "ui" / "app.py"
+    monkeypatch.setattr(config, "_main_script_path", str(app))
+    try:
+        config.get_config_options(force_reparse=True)
+        assert config.get_option("browser.gatherUsageStats") is False
+    finally:
+        monkeypatch.undo()
+        config.get_config_options(force_reparse=True)

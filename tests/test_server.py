@@ -199,6 +199,23 @@ def test_concurrent_requests_each_get_their_own_answer(client):
         assert [h["score"] for h in hits_a] == pytest.approx([h["score"] for h in hits_b], abs=1e-5)
 
 
+def test_search_server_client_gives_hits_and_library_errors(client, tiny_index):
+    from instructor_search.errors import FilterError, InputError, InstructorSearchError
+    from instructor_search.server.client import search_server
+
+    url = str(client.base_url)
+    hits = search_server(url, "garlic", k=2, mode="dense")
+    assert all(isinstance(hit, Hit) for hit in hits) and isinstance(hits[0].span, tuple)
+    served = client.post("/search", json={"query": "garlic", "k": 2, "mode": "dense"}).json()
+    assert [hit.to_dict() for hit in hits] == served["hits"]
+    with pytest.raises(FilterError, match="Unknown filter field"):
+        search_server(url, "garlic", where={"colour": "red"})
+    with pytest.raises(InputError, match="empty"):
+        search_server(url, " ")
+    with pytest.raises(InstructorSearchError, match="Could not reach"):
+        search_server(f"http://127.0.0.1:{free_port()}", "garlic")
+
+
 # -- bad requests ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,281 @@
+"""Scale figures: ingest from shards, one-document updates, a fresh reader, query latency, RSS and
+bytes per chunk, at 100k and 1M chunks (issue 13).
+
+    python bench/scale.py [--workdir /tmp/instructor-search-scale] [--sizes 100000 1000000]
+
+Collections are synthetic but shaped like real ones: 2,000 real SciFact passages are embedded
+once with the bundled model (``bench/query.py``'s helpers and cache); chunk ``i`` carries passage
+``i % 2000``'s text and its vector plus Gaussian noise (sigma 0.02 per dimension, then
+normalised), so the vectors cluster as real chunk embeddings do. Documents have 10 chunks and a
+``group`` field 0..9 (a filter on one group matches 10%). Queries are real SciFact claims,
+embedded for real on every query.
+
+Stages are cached under ``--workdir`` (shards, then the index), so a run that is stopped can be
+resumed. Peers measured in the same run: a full rebuild of the derived files from SQLite (what
+every change cost before: the figure an update is compared with), exact search over all vectors
+(numpy, for dense), and FTS5's own bm25() query (for keyword).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from query import NOISE, base_vectors, log, passages, queries, row, timed
+
+from instructor_search import Instructor
+from instructor_search.store.index import KEYWORDS_FILE, VECTORS_FILE, Index
+from instructor_search.store.shards import MANIFEST, ShardManifest
+
+CHUNKS_PER_DOC = 10
+ROWS_PER_FILE = 100_000
+
+
+def write_shards(folder: Path, size: int, model: Instructor, texts, base) -> Path:
+    """``size`` chunks as a shard folder (cached)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from instructor_search.store.shards import _schema
+
+    if (folder / MANIFEST).is_file():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    from instructor_search.indexer.chunking import ChunkSettings
+
+    chunking = ChunkSettings()
+    manifest = ShardManifest(model.model_name, model.fingerprint, model.dimension, "", "",
+                             chunking.chunk_tokens, chunking.chunk_overlap)  # fmt: skip
+    schema = _schema(pa, model.dimension)
+    rng = np.random.default_rng(0)
+    for part, start in enumerate(range(0, size, ROWS_PER_FILE)):
+        ids = np.arange(start, min(size, start + ROWS_PER_FILE))
+        noisy = base[ids % len(base)] + rng.normal(0, NOISE, (len(ids), base.shape[1]))
+        noisy = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+        docs = ids // CHUNKS_PER_DOC
+        chunk_texts = [texts[i % len(texts)][1] for i in ids]
+        starts, ends, offset = [], [], {}
+        for doc, text in zip(docs.tolist(), chunk_texts, strict=True):
+            at = offset.get(doc, 0)
+            starts.append(at)
+            ends.append(at + len(text))
+            offset[doc] = at + len(text) + 1
+        columns = [
+            [f"doc{d}" for d in docs],
+            [f"hash{d}" for d in docs],
+            [texts[(d * CHUNKS_PER_DOC) % len(texts)][0] for d in docs],
+            [f"/archive/doc{d}.pdf" for d in docs],
+            [json.dumps({"group": int(d % 10)}) for d in docs],
+            (ids % CHUNKS_PER_DOC).tolist(),
+            starts,
+            ends,
+            chunk_texts,
+        ]
+        arrays = [pa.array(c, type=schema.field(i).type) for i, c in enumerate(columns)]
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(noisy.ravel()), model.dimension)
+        pq.write_table(pa.Table.from_arrays([*arrays, embedding], schema=schema),
+                       folder / f"part-{part:05d}.parquet")  # fmt: skip
+        log(f"  shard part {part}: {len(ids)} chunks")
+    (folder / MANIFEST).write_text(json.dumps(manifest.to_json()))
+    return folder
+
+
+def disk(path: Path, chunks: int) -> list[str]:
+    lines = []
+    for name in ("index.sqlite", "index.sqlite-wal", VECTORS_FILE, KEYWORDS_FILE):
+        file = path / name
+        if file.exists():
+            size = file.stat().st_size
+            lines.append(f"{name}: {size / 1e6:,.0f} MB, {size / chunks:,.0f} B/chunk")
+    return lines
+
+
+def one_document_shard(folder: Path, index: Path, doc_id: str, text: str, model) -> Path:
+    """A shard folder holding one document (new or changed) with real embeddings."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from instructor_search.store.shards import _schema
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    with Index.open(index, readonly=True) as ix:
+        manifest = ShardManifest.of(ix.settings)
+    schema = _schema(pa, manifest.dimension)
+    vector = model.embed([text])
+    columns = [[doc_id], [f"hash-{text}"], ["t"], ["/x"], ["{}"], [0], [0], [len(text)], [text]]
+    arrays = [pa.array(c, type=schema.field(i).type) for i, c in enumerate(columns)]
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vector.ravel()), manifest.dimension)
+    pq.write_table(pa.Table.from_arrays([*arrays, embedding], schema=schema), folder / "a.parquet")
+    (folder / MANIFEST).write_text(json.dumps(manifest.to_json()))
+    return folder
+
+
+def seconds(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+READER = r"""
+import json, os, resource, sys, time
+t0 = time.perf_counter()
+from instructor_search import Instructor
+from instructor_search.search.retriever import Retriever
+model = Instructor()
+path, items = sys.argv[1], json.load(open(sys.argv[2]))
+t1 = time.perf_counter()
+r = Retriever(path, model)
+r.search(items[0], k=10, mode="hybrid")
+first = time.perf_counter() - t1
+out = {"model_load_s": t1 - t0, "first_hybrid_s": first}
+def timed(call, qs):
+    times = []
+    for q in qs:
+        s = time.perf_counter(); call(q); times.append((time.perf_counter() - s) * 1000)
+    return times
+for mode in ("hybrid", "dense", "keyword"):
+    timed(lambda q: r.search(q, k=10, mode=mode), items[1:11])
+    out[mode] = timed(lambda q: r.search(q, k=10, mode=mode), items[11:])
+s = time.perf_counter(); r.index.matching_chunk_ids({"group": 7}); out["first_filter_ms"] = (time.perf_counter() - s) * 1000
+out["filtered"] = timed(lambda q: r.search(q, k=10, mode="hybrid", where={"group": 3}), items[11:])
+out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["stats"] = r.index.stats().to_dict()
+print(json.dumps(out))
+"""
+
+
+def fresh_reader(path: Path, items: list[str], workdir: Path) -> dict:
+    file = workdir / "queries.json"
+    file.write_text(json.dumps(items))
+    done = subprocess.run([sys.executable, "-c", READER, str(path), str(file)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def peers(path: Path, model: Instructor, items: list[str]) -> list[str]:
+    """Exact dense search over every vector (numpy) and FTS5's own keyword query."""
+    with Index.open(path, readonly=True) as ix:
+        vectors = ix._derived.vectors(ix.generation)
+        exact = vectors._base_rows(np.sort(vectors_ids(ix)))
+        embedded = model.embed(items[:60])
+        dense = timed(lambda q: np.argpartition(-(exact @ q), 10)[:10], list(embedded), 10)
+        from instructor_search.store import keywords
+
+        fts5 = timed(lambda q: ix._fts5_search(keywords.query_words(q), 100, None), items[:40], 5)
+        matrix = timed(lambda q: ix.keyword_search(q, 100), items[:40], 5)
+    return [row("peer: exact dense search, numpy over all vectors (no embedding)", dense),
+            row("peer: FTS5 bm25() keyword query k=100", fts5),
+            row("keywords.bm25 (base + delta) keyword query k=100", matrix)]  # fmt: skip
+
+
+def vectors_ids(ix: Index) -> np.ndarray:
+    return np.array([r[0] for r in ix._db.execute("SELECT id FROM chunks")], dtype=np.int64)
+
+
+def run_size(size: int, args, model, texts, base, items) -> None:
+    work = args.workdir / f"n{size}"
+    shards = write_shards(work / "shards", size, model, texts, base)
+    path = work / "index"
+    print(f"\n## {size:,} chunks\n")
+    print(f"load average at the start: {os.getloadavg()[0]:.2f}\n")
+    if not (path / "done").is_file():
+        shutil.rmtree(path, ignore_errors=True)
+        from instructor_search.indexer.ingest import ingest
+
+        started = time.perf_counter()
+        report = ingest([shards], path)
+        took = time.perf_counter() - started
+        (path / "done").write_text(json.dumps({"ingest_s": took, "report": report.to_dict()}))
+    cached = json.loads((path / "done").read_text())
+    print(f"- ingest of {size:,} chunks from shards, derived files included: "
+          f"{cached['ingest_s']:.0f} s")  # fmt: skip
+    for line in disk(path, size):
+        print(f"- on disk: {line}")
+    from instructor_search.indexer.build import BuildSettings, build, delete_documents
+    from instructor_search.indexer.ingest import ingest
+
+    update = work / "update"
+    text = f"A new finding about telomeres {time.time()}"
+    add = one_document_shard(update, path, "new-doc", text, model)
+    print(f"- add one document through ingest: {seconds(lambda: ingest([add], path)):.2f} s")
+    change = one_document_shard(update, path, "new-doc", text + " changed", model)
+    print(f"- replace one document through ingest: {seconds(lambda: ingest([change], path)):.2f} s")
+    print(f"- delete one document: {seconds(lambda: delete_documents(path, ['new-doc'])):.2f} s")
+    source = work / "changed.jsonl"
+    source.write_text(json.dumps({"id": "built", "text": text, "title": "t"}) + "\n")
+    settings = BuildSettings(document_instruction="", query_instruction="", backend=model.backend)
+    took = seconds(lambda: build([source], path, settings, model=model))
+    print(f"- build of a new file (model loaded): {took:.2f} s")
+    source.write_text(json.dumps({"id": "built", "text": text + " edited", "title": "t"}) + "\n")
+    took = seconds(lambda: build([source], path, settings, model=model))
+    print(f"- build of that file changed (model loaded): {took:.2f} s")
+    with Index.open(path) as ix:
+        delta = ix._derived.vectors(ix.generation).delta
+    print(f"- after these updates the delta holds {delta} changed chunks (merged above "
+          f"{max(2048, int(0.02 * size))})\n")  # fmt: skip
+    reader = fresh_reader(path, items[: args.queries + 11], args.workdir)
+    print(f"- fresh reader process: model load {reader['model_load_s']:.1f} s, then open + "
+          f"first hybrid query {reader['first_hybrid_s']:.2f} s")  # fmt: skip
+    print(f"- first lookup of a new filter (10% of documents): {reader['first_filter_ms']:.0f} ms")
+    print(f"- reader RSS (max): {reader['rss_mb']:,.0f} MB")
+    stats = reader["stats"]
+    print(f"- ANN: {stats['index_type']}, recall@10 {stats['recall_at_10']} (held-out queries)\n")
+    print("| what | queries | p50 ms | p99 ms | mean ms |")
+    print("| --- | --- | --- | --- | --- |")
+    for mode in ("hybrid", "dense", "keyword"):
+        print(row(f"{mode}, query embedding included", reader[mode]))
+    print(row("hybrid where group=3 (10%)", reader["filtered"]))
+    for line in peers(path, model, items):
+        print(line)
+    if args.rebuild_peer:
+        copy = work / "rebuild"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(path, copy, ignore=shutil.ignore_patterns(VECTORS_FILE, KEYWORDS_FILE))
+        with Index.open(copy) as ix:
+            took = seconds(ix.sync_derived)
+        shutil.rmtree(copy)
+        print(f"\n- peer: rebuilding both derived files from SQLite (what any change cost "
+              f"before): {took:.1f} s")  # fmt: skip
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/instructor-search-scale"))
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--no-rebuild-peer", dest="rebuild_peer", action="store_false")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    import faiss
+
+    model = Instructor()
+    texts = passages(2000)
+    base = base_vectors(Path("/tmp/instructor-search-bench"), model, texts)
+    items = queries()
+    print("# Scale: ingest, updates, a fresh reader, latency (bench/scale.py)\n")
+    print(f"{platform.platform()}, {os.cpu_count()} CPUs, "
+          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
+          f"Python {platform.python_version()}, faiss {faiss.__version__}, model "
+          f"{model.model_name} ({model.dimension} dims), backend {model.backend}")  # fmt: skip
+    for size in args.sizes:
+        run_size(size, args, model, texts, base, items)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}; "
+          f"bench process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

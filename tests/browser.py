@@ -81,9 +81,11 @@ def build_index(index: Path, documents: Path = SAMPLE_DOCUMENTS) -> Path:
 
 
 @contextlib.contextmanager
-def serve(index: Path, port: int | None = None, log: Path | None = None) -> Iterator[str]:
-    """``instructor-index ui INDEX --port PORT`` in a subprocess; yields the page's URL once
-    Streamlit answers its health check, and always stops the server.
+def serve(
+    index: Path, port: int | None = None, log: Path | None = None, host: str = "127.0.0.1"
+) -> Iterator[str]:
+    """``instructor-index ui INDEX --port PORT --host HOST`` in a subprocess; yields the page's
+    URL (on 127.0.0.1) once Streamlit answers its health check, and always stops the server.
 
     The command runs Streamlit as its own child, so it starts in a new session and the whole
     process group is stopped: SIGTERM, then SIGKILL for whatever is left after a grace period.
@@ -93,7 +95,7 @@ def serve(index: Path, port: int | None = None, log: Path | None = None) -> Iter
     log = log or Path(tempfile.mkdtemp(prefix="instructor-ui-")) / "server.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [*_cli(), "ui", str(index), "--port", str(port), "--host", "127.0.0.1"],
+            [*_cli(), "ui", str(index), "--port", str(port), "--host", host],
             stdout=output,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

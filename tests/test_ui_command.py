@@ -4,8 +4,10 @@ listening socket holds the port; the command never gets as far as starting Strea
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
+import browser
 import pytest
 from click.testing import CliRunner
 
@@ -75,3 +77,38 @@ def test_plain_streamlit_run_gathers_no_usage_stats(monkeypatch):
     finally:
         monkeypatch.undo()
         config.get_config_options(force_reparse=True)
+
+
+@pytest.mark.slow
+def test_a_page_on_every_interface_asks_no_other_machine(index, monkeypatch, tmp_path):
+    """Served on 0.0.0.0, the server makes no request of its own: every HTTP(S) proxy variable
+    points at a listener here, which would see Streamlit's lookup of the public address."""
+    asked: list[bytes] = []
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen()
+        proxy.settimeout(0.2)
+        done = threading.Event()
+
+        def listen() -> None:
+            while not done.is_set():
+                try:
+                    connection, _ = proxy.accept()
+                except TimeoutError:
+                    continue
+                with connection:
+                    connection.settimeout(5)
+                    asked.append(connection.recv(200))
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        address = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+        for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+            monkeypatch.setenv(name, address)
+        for name in ("no_proxy", "NO_PROXY"):  # the health check itself goes straight there
+            monkeypatch.setenv(name, "127.0.0.1,localhost")
+        with browser.serve(index, host="0.0.0.0", log=tmp_path / "server.log"):
+            pass  # answering its health check: past the start-up banner
+        done.set()
+        listener.join()
+    assert asked == []

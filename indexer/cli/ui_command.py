@@ -11,6 +11,9 @@ import click
 
 from .common import errors_as_messages
 
+#: Addresses that mean every interface of this machine.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
 
 def check_port(host: str, port: int) -> None:
     """Bind ``host:port`` as the server will (``SO_REUSEADDR``, every address ``host`` names),
@@ -87,6 +90,9 @@ def ui(index_path: Path, port: int, host: str) -> None:
         "true",
         "--browser.gatherUsageStats",
         "false",
+        # Streamlit's banner for an address of every interface asks checkip.amazonaws.com for
+        # this machine's public address; our own line says where the page is.
+        *(["--logger.hideWelcomeMessage", "true"] if host in WILDCARD_HOSTS else []),
         "--",
         "--index",
         str(index_path.resolve()),

@@ -118,16 +118,20 @@ class IndexWrites(IndexBase):
                 self._remove_chunks(doc.id, generation)
                 mtime, size, kind, folder = document_fields(doc)
                 meta = json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True, default=str)
-                self._db["documents"].insert(
-                    {"id": doc.id, "source": doc.source, "title": doc.title, "text": doc.text}
-                    | {"metadata": meta, "content_hash": doc.content_hash, "mtime": mtime}
-                    | {"size": size, "type": kind, "folder": folder, "indexed_at": now},
-                    replace=True,
-                )
-                self._db["chunks"].insert_all(
-                    {"doc_id": doc.id, "ordinal": c.ordinal, "text": c.text, "start": c.start}
-                    | {"end": c.end, "token_count": c.token_count, "embedding": v.tobytes()}
-                    for c, v in zip(chunks, matrix, strict=True)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO documents (id, source, title, text, metadata, "
+                    "content_hash, mtime, size, type, folder, indexed_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [doc.id, doc.source, doc.title, doc.text, meta, doc.content_hash, mtime,
+                     size, kind, folder, now],
+                )  # fmt: skip
+                self._db.conn.executemany(
+                    'INSERT INTO chunks (doc_id, ordinal, text, start, "end", token_count, '
+                    "embedding) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (doc.id, c.ordinal, c.text, c.start, c.end, c.token_count, v.tobytes())
+                        for c, v in zip(chunks, matrix, strict=True)
+                    ],
                 )
                 self._db.execute(
                     "INSERT INTO chunks_fts (rowid, text, title) "

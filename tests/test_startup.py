@@ -93,6 +93,8 @@ def test_bad_requests_fail_before_any_model_loads(index):
             retriever.search("  ")
         with pytest.raises(FilterError, match="colour"):
             retriever.search(QUERY, where={"colour": "red"})
+        with pytest.raises(FilterError, match=r"size.*abc"):  # size is a number
+            retriever.search(QUERY, where={"size": {">=": "abc"}})
         hits = retriever.search("sourdough yeast", k=2, mode="keyword")
         assert hits[0].doc_id == "bread.txt"
         assert retriever._model is None  # nothing above loaded a model
@@ -142,6 +144,11 @@ def test_cli_errors_come_before_the_model_and_keyword_search_loads_none(index):
     unknown = _cli(str(index), QUERY, "--where", "colour=red")
     assert unknown.returncode == 1 and "'colour'" in unknown.stderr
     assert loaded not in unknown.stderr
+    wrong_type = _cli(str(index), QUERY, "--where", "size>=abc")
+    assert (
+        wrong_type.returncode == 1 and "'size'" in wrong_type.stderr and "abc" in wrong_type.stderr
+    )
+    assert loaded not in wrong_type.stderr
     keyword = _cli(str(index), "sourdough yeast", "--mode", "keyword", "--json")
     assert keyword.returncode == 0 and loaded not in keyword.stderr
     assert json.loads(keyword.stdout)[0]["doc_id"] == "bread.txt"

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,30 +102,34 @@ class QueryEncoder:
         runner = model._onnx
         if runner is None or model.backend != "onnx" or not model.own_profile:
             return None
-        folder = runner.folder
+        folder, bundle = runner.folder, runner.folder / BUNDLE
         if _unusable(folder, model.fingerprint) is None:
-            return cls(folder, fidelity.read_json(folder / BUNDLE / "query.json"))
-        bundle = folder / BUNDLE
-        staging = Path(tempfile.mkdtemp(prefix=".query-", dir=folder))
+            return cls(folder, fidelity.read_json(bundle / "query.json"))
+        judged = fidelity.read_json(bundle / "gate.json")
+        if (bundle / "query.json").is_file() and judged.get("key") == _bundle_key(folder):
+            return None  # these very files failed their check: not again on every start
+        staging = folder / f".query-{os.getpid()}"
         try:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
             _write_bundle(model, staging)
             shutil.rmtree(bundle, ignore_errors=True)
             os.replace(staging, bundle)
-        except Exception as error:  # the exporter and tokenizers raise their own types
+            encoder = cls(folder, fidelity.read_json(bundle / "query.json"))
+            verdict = fidelity.check(
+                bundle / "gate.json",
+                key=_bundle_key(folder),
+                threshold=onnx_backend.FP32_MIN_COSINE,
+                reference=lambda: model._embed_calibration(runner, bf16=False),
+                candidate=lambda: encoder.encode(
+                    fidelity.calibration_pairs(), normalize_embeddings=True
+                ),
+                label=f"the query encoder in {bundle}",
+            )
+        except Exception as error:  # the exporter, tokenizers and onnxruntime raise their own
             shutil.rmtree(staging, ignore_errors=True)
             logger.warning("Could not save the query encoder in %s: %s", bundle, error)
             return None
-        encoder = cls(folder, fidelity.read_json(bundle / "query.json"))
-        verdict = fidelity.check(
-            bundle / "gate.json",
-            key=_bundle_key(folder),
-            threshold=onnx_backend.FP32_MIN_COSINE,
-            reference=lambda: model._embed_calibration(runner, bf16=False),
-            candidate=lambda: encoder.encode(
-                fidelity.calibration_pairs(), normalize_embeddings=True
-            ),
-            label=f"the query encoder in {bundle}",
-        )
         return encoder if _exact(verdict) else None
 
     @property

@@ -84,6 +84,9 @@ EXIT_INTERRUPTED = 130
     type=click.Path(path_type=Path),
     help="Checkpoints and evaluation indexes (default: OUT.tune; removed on success).",
 )
+@click.option(
+    "--keep-work", is_flag=True, help="Keep the work folder's evaluation indexes after success."
+)
 @click.option("--device", default=None, help="cpu, cuda, ... (default: cuda when torch sees one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @errors_as_messages
@@ -154,7 +157,8 @@ def tune(
     worse = [mode for mode, better in evaluation["improved"].items() if not better]
     if worse:
         click.secho(
-            f"The tuned model is NOT better than its base ({', '.join(worse)} nDCG@10); "
+            f"The tuned model is NOT better than its base (equal or worse {', '.join(worse)} "
+            "nDCG@10); "
             "it was written anyway: compare before you use it.",
             fg="yellow",
         )

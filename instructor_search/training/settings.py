@@ -35,7 +35,8 @@ class TuneSettings:
     INSTRUCTOR profile's. ``eval_split``: a qrels split name (``"test"``: ``qrels/test.tsv``), a
     TSV path, or a fraction (``"0.2"``) of the training queries held out; ``None`` uses
     ``qrels/dev.tsv`` when it exists. ``work_dir`` (default ``<out>.tune``) holds checkpoints
-    and the evaluation indexes; it is removed when the run succeeds.
+    and the evaluation indexes (``base-index``, ``tuned-index``); it is removed when the run
+    succeeds unless ``keep_work``.
     """
 
     model: str | None = None
@@ -61,6 +62,7 @@ class TuneSettings:
     resume: bool = False
     device: str | None = None
     work_dir: str | None = None
+    keep_work: bool = False
 
     def __post_init__(self) -> None:
         positive = {

@@ -31,7 +31,7 @@ from .output import (
     write_record,
 )
 from .settings import TuneSettings
-from .trainer import StepCallback, Trainer, TrainResult
+from .trainer import CHECKPOINT_FILE, StepCallback, Trainer, TrainResult
 
 if TYPE_CHECKING:
     from ..documents import Document
@@ -113,12 +113,13 @@ def tune(
         "profile": profile.family,
     }
 
-    evaluation = _Evaluation(training, base, work, settings)
+    evaluation = _Evaluation(training, base, work, settings, show_progress)
     examples = training.examples
     if settings.hard_negatives and training.kind == "beir":
         examples = evaluation.mine(examples, settings.hard_negatives)
     evaluation.before()
 
+    logger.info("Training on %d examples (checkpoints in %s)", len(examples), work)
     trainer = Trainer(
         model, examples, settings, work, identity, show_progress=show_progress, on_step=on_step
     )
@@ -139,15 +140,17 @@ def tune(
     finally:
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
-    if work.exists():
+    if work.exists() and not settings.keep_work:
         shutil.rmtree(work, ignore_errors=True)
+    elif work.exists():
+        (work / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume
     return TuneReport(
         out=out,
         examples=len(examples),
         steps=result.steps,
         total_steps=result.total_steps,
-        first_loss=_mean(result.losses[:5]),
-        last_loss=_mean(result.losses[-5:]),
+        first_loss=_first(result.losses),
+        last_loss=_last(result.losses),
         training_seconds=round(result.seconds, 1),
         seconds=round(time.perf_counter() - started, 1),
         evaluation=scores,
@@ -249,9 +252,15 @@ class _Evaluation:
     mining from it, and the held-out queries scored on the base and on the tuned model."""
 
     def __init__(
-        self, training: TrainingData, base: _Base, work: Path, settings: TuneSettings
+        self,
+        training: TrainingData,
+        base: _Base,
+        work: Path,
+        settings: TuneSettings,
+        show_progress: bool,
     ) -> None:
         self.training, self.base, self.work, self.settings = training, base, work, settings
+        self.show_progress = show_progress
         self.wanted = settings.evaluate and bool(training.eval_qrels)
         self.scores: dict[str, Any] = {}
         self._base_index = base.index
@@ -274,13 +283,16 @@ class _Evaluation:
                 query_instruction=self.base.query_instruction,
                 backend="torch",
             )
-            add_documents(self._documents(), self._base_index, build, show_progress=True)
+            add_documents(
+                self._documents(), self._base_index, build, show_progress=self.show_progress
+            )
         return self._base_index
 
     def mine(self, examples: list[Example], count: int) -> list[Example]:
         from ..search.retriever import Retriever
         from .mining import mine_hard_negatives
 
+        logger.info("Mining %d hard negatives per query from %s", count, self.base_index())
         with Retriever(self.base_index(), backend="torch") as retriever:
             return mine_hard_negatives(examples, retriever, count, self.base.document_instruction)
 
@@ -313,7 +325,9 @@ class _Evaluation:
             rebuild=True,
             backend="torch",
         )
-        add_documents(self._documents(), folder, build, model=tuned, show_progress=True)
+        add_documents(
+            self._documents(), folder, build, model=tuned, show_progress=self.show_progress
+        )
         with Retriever(folder, model=tuned) as retriever:
             self.scores["tuned"] = self._score(retriever, None)
         self.scores["tuned"]["model"] = "the tuned model"
@@ -340,6 +354,7 @@ class _Evaluation:
                 self.training.eval_qrels,
                 mode=mode,
                 instruction=instruction,
+                show_progress=self.show_progress,
             )
             scores[mode] = {key: round(result[key], 4) for key in ("ndcg_at_10", "recall_at_100")}
         return scores
@@ -372,8 +387,8 @@ def _record(
         "hyperparameters": settings.hyperparameters(),
         "training": {
             "steps": result.steps,
-            "first_loss": _mean(result.losses[:5]),
-            "last_loss": _mean(result.losses[-5:]),
+            "first_loss": _first(result.losses),
+            "last_loss": _last(result.losses),
             "seconds": round(result.seconds, 1),
             "device": device,
         },
@@ -383,5 +398,16 @@ def _record(
     }
 
 
-def _mean(values: list[float]) -> float:
-    return round(sum(values) / len(values), 4) if values else 0.0
+def _window(losses: list[float]) -> int:
+    """Steps averaged for the first and the last loss: up to 5, never overlapping."""
+    return max(1, min(5, len(losses) // 2))
+
+
+def _first(losses: list[float]) -> float:
+    part = losses[: _window(losses)]
+    return round(sum(part) / len(part), 4) if part else 0.0
+
+
+def _last(losses: list[float]) -> float:
+    part = losses[-_window(losses) :]
+    return round(sum(part) / len(part), 4) if part else 0.0

@@ -17,6 +17,8 @@ from . import vectors as factory
 from .vectors import _as_matrix, describe
 
 _EMPTY_IDS = np.empty(0, dtype=np.int64)
+#: Allow-lists whose vectors a :class:`Vectors` keeps gathered (at most EXACT_FILTER_MAX each).
+FILTER_CACHE = 4
 
 
 class Vectors:
@@ -46,6 +48,9 @@ class Vectors:
         self.added_ids = np.ascontiguousarray(added_ids, dtype=np.int64)  # sorted
         self.added = np.empty((0, d), np.float32) if added is None else _as_matrix(added, d)
         self.deleted = np.ascontiguousarray(deleted, dtype=np.int64)  # sorted, base ids
+        # (allow-list, its base vectors) of the last few filters (the store hands
+        # the same array back for a repeated filter): IVF reconstructs them once
+        self._filtered: list[tuple[np.ndarray, np.ndarray]] = []
 
     @property
     def ntotal(self) -> int:
@@ -100,6 +105,14 @@ class Vectors:
             base = base[self._sorted_ids[at] == base]
         return base, delta_rows
 
+    def _allowed_rows(self, allowed: np.ndarray, base_ids: np.ndarray) -> np.ndarray:
+        for held, rows in self._filtered:
+            if held is allowed:  # the same array object: a reference is kept, never reused
+                return rows
+        rows = self._base_rows(base_ids)
+        self._filtered = [(allowed, rows), *self._filtered[: FILTER_CACHE - 1]]
+        return rows
+
     @staticmethod
     def _exact(
         queries: np.ndarray, k: int, matrix: np.ndarray, ids: np.ndarray
@@ -150,7 +163,7 @@ class Vectors:
         delta = self._exact(queries, k, self.added[delta_rows], self.added_ids[delta_rows])
         wanted = min(k, len(base_ids) + len(delta_rows))
         if len(base_ids) <= factory.EXACT_FILTER_MAX:
-            base = self._exact(queries, k, self._base_rows(base_ids), base_ids)
+            base = self._exact(queries, k, self._allowed_rows(allowed, base_ids), base_ids)
             return _best(k, base, delta)
         selector = faiss.IDSelectorBatch(base_ids)  # held here: params keep a raw pointer
         base = self._faiss(queries, k, selector, wider=4)

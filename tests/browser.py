@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +82,15 @@ def build_index(index: Path, documents: Path = SAMPLE_DOCUMENTS) -> Path:
 
 @contextlib.contextmanager
 def serve(
-    index: Path, port: int | None = None, log: Path | None = None, host: str = "127.0.0.1"
+    index: Path,
+    port: int | None = None,
+    log: Path | None = None,
+    host: str = "127.0.0.1",
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
-    """``instructor-index ui INDEX --port PORT --host HOST`` in a subprocess; yields the page's
-    URL (on 127.0.0.1) once Streamlit answers its health check, and always stops the server.
+    """``instructor-index ui INDEX --port PORT --host HOST`` in a subprocess (with ``env`` added
+    to its environment); yields the page's URL (on 127.0.0.1) once Streamlit answers its health
+    check, and always stops the server.
 
     The command runs Streamlit as its own child, so it starts in a new session and the whole
     process group is stopped: SIGTERM, then SIGKILL for whatever is left after a grace period.
@@ -98,7 +103,7 @@ def serve(
             [*_cli(), "ui", str(index), "--port", str(port), "--host", host],
             stdout=output,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             start_new_session=True,
         )
         try:

@@ -80,9 +80,10 @@ def test_plain_streamlit_run_gathers_no_usage_stats(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_page_on_every_interface_asks_no_other_machine(index, monkeypatch, tmp_path):
+def test_a_page_on_every_interface_asks_no_other_machine(index, tmp_path):
     """Served on 0.0.0.0, the server makes no request of its own: every HTTP(S) proxy variable
-    points at a listener here, which would see Streamlit's lookup of the public address."""
+    of its process points at a listener here, which would see Streamlit's lookup of the public
+    address (the health check, from this process, goes straight to the server)."""
     asked: list[bytes] = []
     with socket.socket() as proxy:
         proxy.bind(("127.0.0.1", 0))
@@ -103,11 +104,9 @@ def test_a_page_on_every_interface_asks_no_other_machine(index, monkeypatch, tmp
         listener = threading.Thread(target=listen, daemon=True)
         listener.start()
         address = f"http://127.0.0.1:{proxy.getsockname()[1]}"
-        for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-            monkeypatch.setenv(name, address)
-        for name in ("no_proxy", "NO_PROXY"):  # the health check itself goes straight there
-            monkeypatch.setenv(name, "127.0.0.1,localhost")
-        with browser.serve(index, host="0.0.0.0", log=tmp_path / "server.log"):
+        proxies = dict.fromkeys(("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"), address)
+        proxies |= dict.fromkeys(("no_proxy", "NO_PROXY"), "")
+        with browser.serve(index, host="0.0.0.0", log=tmp_path / "server.log", env=proxies):
             pass  # answering its health check: past the start-up banner
         done.set()
         listener.join()

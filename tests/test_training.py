@@ -226,6 +226,27 @@ def test_in_batch_duplicates_of_a_relevant_document_are_masked_not_pushed_away(b
     assert torch.isfinite(masked)
 
 
+def test_tune_stopped_by_ctrl_c_resumes_to_the_end(beir, tmp_path):
+    out = tmp_path / "out"
+
+    def ctrl_c_at_2(step: int, total: int, loss: float) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(InputError, match="no checkpoint"):
+        tune(beir, out, fast(resume=True))
+    with pytest.raises(KeyboardInterrupt):
+        tune(beir, out, fast(), on_step=ctrl_c_at_2)
+    assert not out.exists() and (tmp_path / "out.tune" / CHECKPOINT_FILE).is_file()
+    with pytest.raises(InputError, match="--resume to continue"):
+        tune(beir, out, fast())
+    report = tune(beir, out, fast(resume=True))
+    assert (
+        report.steps == 4 and json.loads((out / RECORD_FILE).read_text())["training"]["steps"] == 4
+    )
+    assert not (tmp_path / "out.tune").exists()
+
+
 # -- the data -------------------------------------------------------------------------------------
 
 

@@ -127,13 +127,18 @@ def tune(
     try:
         report = run_tune(data, out, settings, show_progress=not as_json)
     except KeyboardInterrupt:
-        work = work_dir or out.parent / f"{out.name}.tune"
-        click.secho(
-            f"Interrupted: the checkpoint is in {work}; run the same command with --resume "
-            "to continue.",
-            fg="yellow",
-            err=True,
-        )
+        from instructor_search.training.trainer import CHECKPOINT_FILE
+        from instructor_search.training.tune import work_folder
+
+        checkpoint = work_folder(out, settings) / CHECKPOINT_FILE
+        if checkpoint.is_file():
+            message = (
+                f"Interrupted: the checkpoint is {checkpoint}; run the same command with "
+                "--resume to continue."
+            )
+        else:
+            message = f"Interrupted before the first checkpoint; nothing was written to {out}."
+        click.secho(message, fg="yellow", err=True)
         sys.exit(EXIT_INTERRUPTED)
     if as_json:
         print_json(report.to_dict())

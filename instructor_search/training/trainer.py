@@ -75,6 +75,21 @@ def batch_loss(model: Instructor, examples: Sequence[Example], temperature: floa
     return contrastive_loss(queries, candidates, temperature, allowed)
 
 
+def plan_steps(examples: Sequence[Example], settings: TuneSettings) -> list[list[int]]:
+    """Every step's example indices (see :func:`.data.batches`); ``max_steps`` overrides
+    ``epochs``, as in transformers. An error when the examples make no batch."""
+    per_epoch = len(batches(list(examples), settings.batch_size, 1, settings.seed))
+    if not per_epoch:
+        raise InputError(
+            f"{len(examples)} training examples make no batch of 2 or more in one task; "
+            "add examples or lower --batch-size"
+        )
+    epochs = settings.epochs
+    if settings.max_steps is not None:
+        epochs = -(-settings.max_steps // per_epoch)
+    return batches(list(examples), settings.batch_size, epochs, settings.seed)[: settings.max_steps]
+
+
 class Trainer:
     """Runs the steps of one ``tune`` over ``examples``; checkpoints live in ``work_dir``.
 
@@ -97,17 +112,7 @@ class Trainer:
         self.checkpoint_file = Path(work_dir) / CHECKPOINT_FILE
         self.identity = identity
         self.show_progress, self.on_step = show_progress, on_step
-        per_epoch = len(batches(examples, settings.batch_size, 1, settings.seed))
-        if not per_epoch:
-            raise InputError(
-                f"{len(examples)} training examples make no batch of 2 or more in one task; "
-                "add examples or lower --batch-size"
-            )
-        epochs = settings.epochs
-        if settings.max_steps is not None:  # max_steps overrides epochs, as in transformers
-            epochs = -(-settings.max_steps // per_epoch)
-        self.steps = batches(examples, settings.batch_size, epochs, settings.seed)
-        self.steps = self.steps[: settings.max_steps]
+        self.steps = plan_steps(examples, settings)
 
     def run(self) -> TrainResult:
         import torch

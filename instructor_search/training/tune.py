@@ -31,7 +31,7 @@ from .output import (
     write_record,
 )
 from .settings import TuneSettings
-from .trainer import CHECKPOINT_FILE, StepCallback, Trainer, TrainResult
+from .trainer import CHECKPOINT_FILE, StepCallback, Trainer, TrainResult, plan_steps
 
 if TYPE_CHECKING:
     from ..documents import Document
@@ -105,7 +105,9 @@ def tune(
     model = _load(base.checkpoint, settings.device, profile, "fp32")
     max_seq_length = min(settings.max_seq_length, model.max_seq_length)
     _check_instructions(training.examples, model, max_seq_length)
-    work = Path(settings.work_dir) if settings.work_dir else out.parent / f"{out.name}.tune"
+    plan_steps(training.examples, settings)  # enough examples for a batch, before any work
+    work = work_folder(out, settings)
+    _check_checkpoint(work / CHECKPOINT_FILE, settings)
     identity = {
         "data_hash": training.data_hash,
         "base_fingerprint": base.checkpoint.fingerprint,
@@ -214,6 +216,24 @@ class _Base:
             collection=collection,
             documents={k: v for k, v in documents.items() if v is not None},
         )
+
+
+def work_folder(out: Path, settings: TuneSettings) -> Path:
+    """Where checkpoints and evaluation indexes go: ``settings.work_dir`` or ``OUT.tune``."""
+    return Path(settings.work_dir) if settings.work_dir else out.parent / f"{out.name}.tune"
+
+
+def _check_checkpoint(checkpoint: Path, settings: TuneSettings) -> None:
+    """``resume`` needs a checkpoint; without it an old one is refused (``overwrite``: removed)."""
+    if settings.resume and not checkpoint.is_file():
+        raise InputError(f"--resume: no checkpoint at {checkpoint}; run without --resume")
+    if not settings.resume and checkpoint.exists():
+        if not settings.overwrite:
+            raise InputError(
+                f"{checkpoint} holds a checkpoint of an earlier run: pass --resume to continue "
+                "it, or --overwrite to start over"
+            )
+        checkpoint.unlink()
 
 
 def _load(model: Any, device: str | None, profile: profiles.ModelProfile, precision: str) -> Any:

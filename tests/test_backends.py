@@ -174,7 +174,7 @@ def test_without_onnxruntime_auto_uses_torch_with_one_line(tiny_path, monkeypatc
     with caplog.at_level(logging.INFO, logger="instructor_search"):
         model = Instructor(str(tiny_path), device="cpu", precision="fp32")
     assert model.backend == "torch"
-    lines = [r.getMessage() for r in caplog.records]
+    lines = [r.getMessage() for r in caplog.records if r.name == ob.__name__]
     assert lines == [
         "Using the torch backend: onnxruntime is not installed (pip install onnxruntime)"
     ]

@@ -28,7 +28,7 @@ from .chunking import Chunker, ChunkSettings
 from .doc_ids import DocumentIds, under
 from .embedding import embed_and_store
 from .journal import JOURNAL_FILE, discard
-from .progress import READING, BuildProgress, ProgressBars, ProgressCallback
+from .progress import LOADING, READING, BuildProgress, ProgressBars, ProgressCallback
 from .readers import ReaderSettings, ReadFailure, Skipped, checked_source, scan
 
 logger = logging.getLogger(__name__)
@@ -189,9 +189,11 @@ def _build(
 
     def the_model() -> Instructor:  # loaded at most once, and only when needed
         if not loaded:
+            progress(BuildProgress(LOADING, 0, 1))
             loaded.append(
                 Instructor(checkpoint, backend=settings.backend, precision=settings.precision)
             )
+            progress(BuildProgress(LOADING, 1, 1))
         return loaded[0]
 
     collection = _collection_settings(checkpoint, settings, model)
@@ -204,7 +206,7 @@ def _build(
 
     index = _open_index(index_path, collection, settings.rebuild, prepared)
     if settings.rebuild:
-        discard(index_path)  # vectors a killed build of the old index had embedded
+        discard(index_path)  # vectors a killed build of the replaced index had embedded
     report = BuildReport()
     try:
         pending, gone = collect(index, report, progress)
@@ -216,6 +218,7 @@ def _build(
         report.documents_total, report.chunks_total = stats.documents, stats.chunks
     finally:
         index.close()
+    discard(index_path)  # all is committed: what a killed build journaled is of no more use
     report.seconds = round(time.perf_counter() - started, 3)
     if report.chunks_embedded:
         report.backend, report.precision = loaded[0].backend, loaded[0].precision
@@ -319,6 +322,7 @@ def _scan(
             else:
                 found.seen.add(doc.id)
                 found.pending += _changed([doc], stored, report)
+    progress(BuildProgress(READING, read, read))
     return found
 
 

@@ -5,7 +5,7 @@ in slices, then commits the pool's documents to ``index.sqlite``. Each slice's v
 written here as soon as they are embedded, in their own transaction, keyed by what decides
 them (model fingerprint, instruction, text embedded); a build killed before its pool is
 committed finds them on the rerun and embeds only the rest. Entries go once their documents
-are committed, and the file goes at the end of a build that leaves it empty.
+are committed, and the file goes at the end of every build that completes.
 """
 
 from __future__ import annotations
@@ -73,14 +73,10 @@ class Journal:
             self._db.executemany("DELETE FROM embedded WHERE key = ?", ((k,) for k in keys))
 
     def close(self) -> None:
-        """Close it, and remove the file when it holds nothing."""
-        empty = self._db.execute("SELECT count(*) FROM embedded").fetchone()[0] == 0
         self._db.close()
-        if empty:
-            discard(self._folder)
 
 
 def discard(folder: Path) -> None:
-    """Remove a folder's journal (``--rebuild`` starts over)."""
+    """Remove a folder's journal (a build completed, or ``--rebuild`` starts over)."""
     for name in _FILES:
         (folder / name).unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""A build's progress, phase by phase: reading files, chunking documents, embedding chunks.
+"""A build's progress, phase by phase: reading files, loading the model, chunking documents,
+embedding chunks.
 
 The build reports :class:`BuildProgress` events to a callback; :class:`ProgressBars` is the
 callback the CLI uses (one tqdm bar per phase, on stderr). The embedding phase counts chunks
@@ -14,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-READING, CHUNKING, EMBEDDING = "reading", "chunking", "embedding"
-_UNITS = {READING: "file", CHUNKING: "doc", EMBEDDING: "chunk"}
-_LABELS = {READING: "Reading", CHUNKING: "Chunking", EMBEDDING: "Embedding"}
+READING, LOADING, CHUNKING, EMBEDDING = "reading", "loading", "chunking", "embedding"
+_UNITS = {READING: "file", LOADING: "model", CHUNKING: "doc", EMBEDDING: "chunk"}
+_LABELS = {READING: "Reading", LOADING: "Loading the model", CHUNKING: "Chunking"}
+_LABELS[EMBEDDING] = "Embedding"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class ProgressBars:
                 smoothing=0,  # the average rate of the phase, not of its last slice
             )
         self._bar.update(event.done - self._bar.n)
+        if event.total is not None and event.done >= event.total:
+            self.close()  # a finished phase stops its clock
 
     def close(self) -> None:
         if self._bar is not None:

@@ -398,3 +398,52 @@ def test_readers_while_a_writer_commits(tmp_path, index):
         thread.join()
         assert not errors
         assert reader.stats().documents == 23
+
+
+# -- creating atomically, recognising a half-created index, listing documents -----------------
+
+
+def test_documents_lists_ids_titles_sources_and_chunk_counts(index):
+    from instructor_search.store.index import DocumentInfo
+
+    assert index.documents() == [
+        DocumentInfo("a/one.md", "Foxes", "/corpus/a/one.md", 2),
+        DocumentInfo("a/two.pdf", "Renards", "/corpus/a/two.pdf", 2),
+        DocumentInfo("b/three.txt", "Dogs", "/corpus/b/three.txt", 1),
+    ]
+
+
+def test_create_leaves_only_a_whole_index_and_clears_leftovers(tmp_path, rng):
+    from instructor_search.store.index import INDEX_FILE
+
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    (folder / f"{INDEX_FILE}.creating-12345").write_bytes(b"half a database")  # a killed create
+    (folder / INDEX_FILE).write_bytes(b"")  # what an older version's killed create left
+    assert not Index.exists(folder)
+    with pytest.raises(IndexNotFoundError, match="never finished"):
+        Index.open(folder)
+    with Index.create(folder, SETTINGS) as created:  # no overwrite needed: it held nothing
+        created.upsert([item("x.md", ["some text"], rng)])
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(f"{INDEX_FILE}-")) == [
+        INDEX_FILE
+    ]
+    assert Index.exists(folder)
+    with pytest.raises(IndexStoreError, match="already exists"):
+        Index.create(folder, SETTINGS)
+    with Index.open(folder, readonly=True) as opened:
+        assert opened.stats().documents == 1
+
+
+def test_a_foreign_database_exists_and_is_refused_not_replaced(tmp_path):
+    from instructor_search.store.index import INDEX_FILE
+
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    with sqlite3.connect(folder / INDEX_FILE) as db:
+        db.execute("CREATE TABLE photos (id INTEGER)")
+    assert Index.exists(folder)
+    with pytest.raises(IndexCorruptError, match="not an instructor-search index"):
+        Index.open(folder)
+    with pytest.raises(IndexStoreError, match="already exists"):
+        Index.create(folder, SETTINGS)

@@ -2,7 +2,8 @@
 
 ``instructor-index ui`` serves the page; selenium types a judged query, checks the top result's
 title against the judged document, switches mode, applies a filter and opens the comparison.
-Chromium's network log says every request of all that went to this machine.
+Chromium's network log says every request of all that went to this machine, and a listener
+posing as the server's HTTP(S) proxy says the server sent none elsewhere.
 Skipped only when Chromium or chromedriver is not installed (Debian: ``chromium``,
 ``chromium-driver``).
 """
@@ -54,7 +55,8 @@ def test_search_page_in_chromium(sample_index: Path, tmp_path: Path) -> None:
         expected_title = index.document(expected_id).title
 
     with (
-        browser.serve(sample_index, log=tmp_path / "server.log") as url,
+        browser.outbound_proxy() as (proxies, server_asked),
+        browser.serve(sample_index, log=tmp_path / "server.log", env=proxies) as url,
         browser.chromium() as driver,
     ):
         browser.open_page(driver, url)
@@ -121,3 +123,6 @@ def test_search_page_in_chromium(sample_index: Path, tmp_path: Path) -> None:
         assert browser.remote_hosts(requested) == set(), sorted(
             u for u in requested if browser.remote_hosts([u])
         )
+    # Nor did the server: its process's proxy variables point at a listener that saw nothing
+    # (no model download, no usage statistics, no telemetry from ONNX Runtime).
+    assert server_asked == []

@@ -4,7 +4,6 @@ listening socket holds the port; the command never gets as far as starting Strea
 from __future__ import annotations
 
 import socket
-import threading
 from pathlib import Path
 
 import browser
@@ -84,30 +83,9 @@ def test_a_page_on_every_interface_asks_no_other_machine(index, tmp_path):
     """Served on 0.0.0.0, the server makes no request of its own: every HTTP(S) proxy variable
     of its process points at a listener here, which would see Streamlit's lookup of the public
     address (the health check, from this process, goes straight to the server)."""
-    asked: list[bytes] = []
-    with socket.socket() as proxy:
-        proxy.bind(("127.0.0.1", 0))
-        proxy.listen()
-        proxy.settimeout(0.2)
-        done = threading.Event()
-
-        def listen() -> None:
-            while not done.is_set():
-                try:
-                    connection, _ = proxy.accept()
-                except TimeoutError:
-                    continue
-                with connection:
-                    connection.settimeout(5)
-                    asked.append(connection.recv(200))
-
-        listener = threading.Thread(target=listen, daemon=True)
-        listener.start()
-        address = f"http://127.0.0.1:{proxy.getsockname()[1]}"
-        proxies = dict.fromkeys(("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"), address)
-        proxies |= dict.fromkeys(("no_proxy", "NO_PROXY"), "")
-        with browser.serve(index, host="0.0.0.0", log=tmp_path / "server.log", env=proxies):
-            pass  # answering its health check: past the start-up banner
-        done.set()
-        listener.join()
+    with (
+        browser.outbound_proxy() as (proxies, asked),
+        browser.serve(index, host="0.0.0.0", log=tmp_path / "server.log", env=proxies),
+    ):
+        pass  # answering its health check: past the start-up banner
     assert asked == []

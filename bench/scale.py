@@ -240,7 +240,7 @@ def run_size(size: int, args, model, texts, base, items) -> None:
     print(row("hybrid where group=3 (10%)", reader["filtered"]))
     for line in peers(path, model, items):
         print(line)
-    if args.rebuild_peer:
+    if size <= args.rebuild_peer_max:
         copy = work / "rebuild"
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(path, copy, ignore=shutil.ignore_patterns(VECTORS_FILE, KEYWORDS_FILE))
@@ -257,7 +257,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/instructor-search-scale"))
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--no-rebuild-peer", dest="rebuild_peer", action="store_false")
+    parser.add_argument(
+        "--rebuild-peer-max",
+        type=int,
+        default=100_000,
+        help="largest size at which the full rebuild of the derived files is timed",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     import faiss

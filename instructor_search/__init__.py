@@ -7,7 +7,13 @@ on first use (``from instructor_search import Retriever`` loads the retriever th
 from __future__ import annotations
 
 import importlib
+import os as _os
 from typing import TYPE_CHECKING, Any
+
+# ONNX Runtime (1.32) sends telemetry to mobile.events.data.microsoft.com unless this is set
+# before onnxruntime is imported (disable_telemetry_events() does not stop it); nothing of ours
+# leaves the machine. A value the user set wins.
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from .errors import (
     FilterError,

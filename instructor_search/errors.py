@@ -43,4 +43,5 @@ class IndexCorruptError(IndexStoreError):
 
 
 class FilterError(InstructorSearchError, ValueError):
-    """A ``where`` filter names an unknown field or uses an unknown operator."""
+    """A ``where`` filter names an unknown field, uses an unknown operator, or gives a value
+    that cannot match its field's kind."""

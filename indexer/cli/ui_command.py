@@ -98,10 +98,8 @@ def ui(index_path: Path, port: int, host: str) -> None:
         str(index_path.resolve()),
     ]
     click.echo(f"Serving the search page for {index_path} at http://{host}:{port}  (Ctrl+C stops)")
-    # ONNX Runtime (1.32) sends telemetry to mobile.events.data.microsoft.com unless this is
-    # set before it is imported; a value of the user's own wins.
-    env = {"ORT_DISABLE_TELEMETRY": "1", **os.environ}
-    env["INSTRUCTOR_SEARCH_INDEX"] = str(index_path.resolve())
+    # os.environ holds ORT_DISABLE_TELEMETRY=1 since instructor_search was imported
+    env = {**os.environ, "INSTRUCTOR_SEARCH_INDEX": str(index_path.resolve())}
     if os.name == "posix":  # become Streamlit: stopping this process stops the server
         os.execve(sys.executable, command, env)
     try:

@@ -126,6 +126,20 @@ def one_off(index: Path, items: list[str], runs: int) -> list[float]:
     return seconds
 
 
+def in_process(index: Path, items: list[str], count: int = 200) -> float:
+    """p50 ms of ``Retriever.search`` called in this process, one query after another."""
+    from instructor_search.search.retriever import Retriever
+
+    times = []
+    with Retriever(index) as retriever:
+        for n, query in enumerate(items[: count + 10]):
+            started = time.perf_counter()
+            retriever.search(query, k=10)
+            if n >= 10:
+                times.append((time.perf_counter() - started) * 1000)
+    return float(np.percentile(times, 50))
+
+
 def watch_latency(workdir: Path, edits: int) -> list[float]:
     """Seconds from an edit's write to the first search that finds it (serve --watch)."""
     corpus, index = workdir / "watched-corpus", workdir / "watched-index"
@@ -181,29 +195,35 @@ def main() -> None:
     for index in (sample, large):  # schema migrations and derived files current before timing
         with Index.open(index) as opened:
             opened.sync_derived()
-    print(f"# HTTP API: {args.clients} clients x {args.requests} POST /search (k=10, hybrid)\n")
+    print("# HTTP API: POST /search (SciFact claims, k=10, hybrid)\n")
     print(f"load average before: {os.getloadavg()[0]:.2f}\n")
     print(
-        "| index | requests | errors | p50 ms | p99 ms | requests/s | server CPU ms/request "
-        "| one-off CLI search s |"
+        "| index | clients x requests | errors | p50 ms | p99 ms | requests/s "
+        "| server CPU ms/request |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    peers = []
     for name, index in (("sample corpus", sample), (f"{args.size:,} chunks", large)):
         process, url = start_server(index)
         try:
-            cpu = cpu_seconds(process.pid)
-            result = load(url, items, args.clients, args.requests)
-            cpu = (cpu_seconds(process.pid) - cpu) * 1000 / result["requests"]
+            for clients, requests in ((args.clients, args.requests), (1, args.requests // 2)):
+                cpu = cpu_seconds(process.pid)
+                result = load(url, items, clients, requests)
+                cpu = (cpu_seconds(process.pid) - cpu) * 1000 / result["requests"]
+                print(
+                    f"| {name} | {clients} x {requests} | {result['errors']} | "
+                    f"{result['p50']:.1f} | {result['p99']:.1f} | {result['rps']:.0f} | "
+                    f"{cpu:.1f} |",
+                    flush=True,
+                )
         finally:
             process.terminate()
             process.wait(30)
-        cli = one_off(index, items, args.cli_runs)
-        print(
-            f"| {name} | {result['requests']} | {result['errors']} | {result['p50']:.1f} | "
-            f"{result['p99']:.1f} | {result['rps']:.0f} | {cpu:.1f} | {np.median(cli):.2f} (median of "
-            f"{len(cli)}; {np.median(cli) * 1000 / result['p50']:.0f}x the served p50) |",
-            flush=True,
-        )
+        peers.append((name, in_process(index, items), one_off(index, items, args.cli_runs)))
+    print("\n| index | in-process Retriever.search p50 ms (one caller) | one-off CLI search s |")
+    print("| --- | --- | --- |")
+    for name, local, cli in peers:
+        print(f"| {name} | {local:.1f} | {np.median(cli):.2f} (median of {len(cli)}) |")
     found = watch_latency(args.workdir, args.edits)
     print(
         f"\nserve --watch, sample corpus: an edit found by search after "

@@ -216,6 +216,27 @@ def test_search_server_client_gives_hits_and_library_errors(client, tiny_index):
         search_server(f"http://127.0.0.1:{free_port()}", "garlic")
 
 
+def test_bodies_match_their_documented_models(client):
+    """The routes return ready-made JSON; it must be what /docs says it is."""
+    from instructor_search.server import models
+
+    search = {"query": "fruit", "k": 2}
+    compare = {"query": "fruit", "instruction_a": "", "instruction_b": "Represent the fruit:"}
+    checks = [
+        (models.SearchResponse, client.post("/search", json=search)),
+        (models.BatchResponse, client.post("/search/batch", json={"queries": ["a", "b"]})),
+        (models.CompareResponse, client.post("/compare", json=compare)),
+        (models.InfoResponse, client.get("/info")),
+        (models.HealthResponse, client.get("/health")),
+        (models.ErrorResponse, client.post("/search", json={"query": ""})),
+    ]
+    for model, response in checks:
+        body = response.json()
+        assert model.model_validate(body).model_dump(mode="json") == body, model.__name__
+    document = client.get("/documents/alpha.md").json()
+    assert set(document) == {"id", "text", "title", "source", "metadata"}
+
+
 # -- bad requests ---------------------------------------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 Routes are plain (``def``) functions: FastAPI runs them on its thread pool, so the event loop
 keeps accepting and refusing requests while a search runs, and :class:`~.live.LiveIndex` runs
-the searches one at a time. Library errors become HTTP statuses in one place
+the searches one at a time. They return their JSON ready-made (the hits' ``to_dict()``, as the
+CLI prints them): the response models document the bodies (``/docs``) and the tests check the
+bodies against them, without a second trip through the thread pool to validate each response. Library errors become HTTP statuses in one place
 (:data:`STATUSES`); every error body is an :class:`~.models.ErrorResponse`.
 """
 
@@ -136,15 +138,15 @@ def _options(body: SearchOptions, settings: ServerSettings) -> dict[str, Any]:
 
 def _add_routes(app: FastAPI, live: LiveIndex, settings: ServerSettings) -> None:
     @app.post("/search", response_model=SearchResponse)
-    def search(body: SearchRequest) -> dict[str, Any]:
+    def search(body: SearchRequest) -> JSONResponse:
         """The best hits for one query (``Retriever.search``; requests alike that arrive
         together are searched as one batch)."""
         options = _options(body, settings)
         hits, took = live.search(body.query, instruction=body.instruction, **options)
-        return {"hits": [hit.to_dict() for hit in hits], "took_ms": took}
+        return JSONResponse({"hits": [hit.to_dict() for hit in hits], "took_ms": took})
 
     @app.post("/search/batch", response_model=BatchResponse)
-    def search_batch(body: BatchRequest) -> dict[str, Any]:
+    def search_batch(body: BatchRequest) -> JSONResponse:
         """The best hits for each of several queries (``Retriever.search_batch``)."""
         options = _options(body, settings)
         if len(body.queries) > settings.max_batch:
@@ -155,10 +157,11 @@ def _add_routes(app: FastAPI, live: LiveIndex, settings: ServerSettings) -> None
         results, took = _timed(
             live, lambda r: r.search_batch(body.queries, instruction=body.instruction, **options)
         )
-        return {"results": [[hit.to_dict() for hit in hits] for hits in results], "took_ms": took}
+        results = [[hit.to_dict() for hit in hits] for hits in results]
+        return JSONResponse({"results": results, "took_ms": took})
 
     @app.post("/compare", response_model=CompareResponse)
-    def compare(body: CompareRequest) -> dict[str, Any]:
+    def compare(body: CompareRequest) -> JSONResponse:
         """One query ranked under two instructions, and how each hit of B moved against A."""
         options = _options(body, settings)
         k = options.pop("k")
@@ -171,38 +174,43 @@ def _add_routes(app: FastAPI, live: LiveIndex, settings: ServerSettings) -> None
             | {"change": m.change, "previous_rank": m.previous_rank, "label": m.label}
             for m in found.movements
         ]
-        return {
-            "query": found.query,
-            "instruction_a": found.instruction_a,
-            "instruction_b": found.instruction_b,
-            "hits_a": [hit.to_dict() for hit in found.hits_a],
-            "hits_b": [hit.to_dict() for hit in found.hits_b],
-            "movements": movements,
-            "dropped": [hit.to_dict() for hit in found.dropped],
-            "took_ms": took,
-        }
+        return JSONResponse(
+            {
+                "query": found.query,
+                "instruction_a": found.instruction_a,
+                "instruction_b": found.instruction_b,
+                "hits_a": [hit.to_dict() for hit in found.hits_a],
+                "hits_b": [hit.to_dict() for hit in found.hits_b],
+                "movements": movements,
+                "dropped": [hit.to_dict() for hit in found.dropped],
+                "took_ms": took,
+            }
+        )
 
     @app.get("/info", response_model=InfoResponse)
-    def info() -> dict[str, Any]:
+    def info() -> JSONResponse:
         """What the index holds and how it was built (``instructor-index info``)."""
         stats, backend = live.call(lambda r: (r.index.stats(), r.model.backend))
-        return {"index": stats.to_dict(), "backend": backend, "max_k": settings.max_k} | {
-            "max_batch": settings.max_batch,
-            "watching": list(settings.watching),
-        }
+        return JSONResponse(
+            {"index": stats.to_dict(), "backend": backend, "max_k": settings.max_k}
+            | {
+                "max_batch": settings.max_batch,
+                "watching": list(settings.watching),
+            }
+        )
 
     @app.get("/documents/{doc_id:path}", response_model=Document)
-    def document(doc_id: str) -> dict[str, Any]:
+    def document(doc_id: str) -> JSONResponse:
         """A stored document with its whole text (ids may hold slashes: ``notes/a.md``)."""
         found = live.call(lambda r: r.index.document(doc_id))
         if found is None:
             raise HTTPException(404, f"No document {doc_id!r} in the index")
-        return asdict(found)
+        return JSONResponse(asdict(found))
 
     @app.get("/health", response_model=HealthResponse)
-    def health() -> dict[str, Any]:
+    def health() -> JSONResponse:
         """200 while the index can answer, else 503 with the reason."""
-        return {"status": "ok", "generation": live.call(lambda r: r.index.generation)}
+        return JSONResponse({"status": "ok", "generation": live.call(lambda r: r.index.generation)})
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -3,11 +3,14 @@
 A reader gets a :class:`FoundFile` (found by the scan, with its :class:`ReaderSettings`) and
 yields ``Document``s and :class:`ReadFailure`s; a file it cannot read at all raises
 :class:`Unreadable`, which the scan turns into a ``ReadFailure``. :func:`decode_text` is the UTF-8
-text of a file, for readers of whole files. The public types are importable from :mod:`.readers`.
+text of a file, for readers of whole files; :func:`escaped`, :func:`is_utf8` and
+:func:`file_kind` say what a file name or a special file is. The public types are importable
+from :mod:`.readers`.
 """
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,3 +89,28 @@ def decode_text(data: bytes) -> str:
     if not text.strip():
         raise Unreadable("empty file")
     return text
+
+
+def escaped(path: str) -> str:
+    """A path as printable text: bytes that are not UTF-8 (held as surrogates) as ``\\xNN``."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a file name is text (``os`` holds bytes that are not UTF-8 as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file or a folder is, in words."""
+    kinds = (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((what for test, what in kinds if test(mode)), "a special file")

@@ -16,7 +16,6 @@ import itertools
 import logging
 import os
 import re
-import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -27,7 +26,17 @@ from pathlib import Path, PurePosixPath
 from instructor_search.documents import Document
 from instructor_search.errors import ReaderError
 
-from .reader_base import FoundFile, ReaderSettings, ReadFailure, Skipped, Unreadable, decode_text
+from .reader_base import (
+    FoundFile,
+    ReaderSettings,
+    ReadFailure,
+    Skipped,
+    Unreadable,
+    decode_text,
+    escaped,
+    file_kind,
+    is_utf8,
+)
 from .records import read_csv, read_json, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -62,33 +71,9 @@ def checked_source(source: Path | str) -> Path:
             f"corpus source {escaped(str(source))} does not exist; pass a folder, a file or a "
             "JSONL/CSV file"
         )
-    if not _is_utf8(str(source)):
+    if not is_utf8(str(source)):
         raise ReaderError(f"corpus source {escaped(str(source))}: its path is not UTF-8; rename it")
     return Path(os.path.abspath(source))
-
-
-def escaped(path: str) -> str:
-    """A path as printable text: bytes that are not UTF-8 (held as surrogates) as ``\\xNN``."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _is_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _kind(mode: int) -> str:
-    """What a file that is not a regular file or a folder is, in words."""
-    kinds = (
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    return next((what for test, what in kinds if test(mode)), "a special file")
 
 
 def _scan(source: Path, settings: ReaderSettings) -> Iterator[ScanItem]:
@@ -99,7 +84,7 @@ def _scan(source: Path, settings: ReaderSettings) -> Iterator[ScanItem]:
     elif source.is_file():
         found = [(source, source.name)]
     else:
-        found = [Skipped(source.name, f"{_kind(source.stat().st_mode)}, not a regular file")]
+        found = [Skipped(source.name, f"{file_kind(source.stat().st_mode)}, not a regular file")]
     for item in found:
         if not isinstance(item, tuple):
             yield item
@@ -125,7 +110,7 @@ def _walk(
         child, path = f"{rel}/{entry.name}" if rel else entry.name, folder / entry.name
         if entry.name.startswith("."):
             continue
-        if not _is_utf8(entry.name):  # it could be neither stored nor printed as text
+        if not is_utf8(entry.name):  # it could be neither stored nor printed as text
             why = "its name is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf-8)"
             yield ReadFailure(escaped(child), None, f"{why}, or exclude it")
             continue
@@ -141,7 +126,7 @@ def _walk(
         elif entry.is_symlink():
             yield _link_item(path, child)
         else:
-            kind = _kind(entry.stat(follow_symlinks=False).st_mode)
+            kind = file_kind(entry.stat(follow_symlinks=False).st_mode)
             yield Skipped(child, f"{kind}, not a regular file")
 
 
@@ -153,7 +138,7 @@ def _link_item(path: Path, child: str) -> ReadFailure | Skipped:
     except OSError as exc:
         why = "symlink loop" if exc.errno == errno.ELOOP else f"broken symlink to {target}"
         return ReadFailure(child, None, f"{why}; fix or remove the link, or exclude it")
-    return Skipped(child, f"symlink to {target}, {_kind(mode)}, not a regular file")
+    return Skipped(child, f"symlink to {target}, {file_kind(mode)}, not a regular file")
 
 
 def _matches(rel: str, pattern: str) -> bool:

@@ -57,8 +57,16 @@ def save_model(model: Instructor, base: Checkpoint, folder: Path) -> None:
 
     if folder.exists():
         shutil.rmtree(folder)
+    import transformers
+
     shutil.copytree(base.folder, folder, ignore=shutil.ignore_patterns(*_WEIGHTS, *_NOT_COPIED))
-    model.encoder.save_pretrained(str(folder), safe_serialization=True)
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # no "Writing model shards" bar
+    try:
+        model.encoder.save_pretrained(str(folder), safe_serialization=True)
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     dense_modules = [m for m in base.modules if m.kind == "dense"]
     for module, dense in zip(dense_modules, model.head.dense):
         target = folder / module.folder.relative_to(base.folder)

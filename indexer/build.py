@@ -21,6 +21,7 @@ from instructor_search.documents import Document
 from instructor_search.encoder.checkpoints import Checkpoint, resolve
 from instructor_search.encoder.instructor import Instructor
 from instructor_search.encoder.profiles import profile_for
+from instructor_search.engines.ray_engine import RaySettings, embed_on_ray, ray_settings
 from instructor_search.errors import IndexStoreError, InputError
 from instructor_search.store.index import INDEX_FILE, CollectionSettings, Index
 
@@ -105,13 +106,16 @@ def build(
     model: Instructor | None = None,
     show_progress: bool = False,
     on_progress: ProgressCallback | None = None,
+    engine: str | RaySettings = "local",
 ) -> BuildReport:
     """Bring the index at ``index_path`` in line with ``sources`` (folders, files, record files).
 
     New and changed documents are embedded, documents gone from a scanned source are removed,
     unchanged ones cost a hash comparison. Document ids are unique across sources (see
     :mod:`.doc_ids`). ``show_progress`` draws bars on stderr; ``on_progress`` gets each
-    :class:`~.progress.BuildProgress` instead. Returns what was done.
+    :class:`~.progress.BuildProgress` instead. ``engine="ray"`` (or a
+    :class:`~instructor_search.engines.ray_engine.RaySettings`) chunks and embeds on Ray.
+    Returns what was done.
     """
     settings = settings or BuildSettings()
     roots = list(dict.fromkeys(checked_source(source).resolve() for source in sources))
@@ -120,7 +124,8 @@ def build(
         found = _scan(roots, settings.reader, index, report, progress)
         return found.pending, _gone(index, found)
 
-    return _run(Path(index_path), settings, model, _progress(show_progress, on_progress), collect)
+    progress = _progress(show_progress, on_progress)
+    return _run(Path(index_path), settings, model, progress, collect, engine)
 
 
 def add_documents(
@@ -166,10 +171,11 @@ def _run(
     model: Instructor | None,
     progress: ProgressCallback,
     collect: Collector,
+    engine: str | RaySettings = "local",
 ) -> BuildReport:
     """Open (or create) the index, then delete and embed what ``collect`` says."""
     try:
-        return _build(index_path, settings, model, progress, collect)
+        return _build(index_path, settings, model, progress, collect, engine)
     finally:
         if isinstance(progress, ProgressBars):
             progress.close()
@@ -181,8 +187,10 @@ def _build(
     model: Instructor | None,
     progress: ProgressCallback,
     collect: Collector,
+    engine: str | RaySettings,
 ) -> BuildReport:
     validate(settings)
+    ray = None if engine == "local" else ray_settings(engine)
     started = time.perf_counter()
     checkpoint = model.checkpoint if model else resolve(settings.model)
     loaded: list[Instructor] = [model] if model else []
@@ -211,7 +219,10 @@ def _build(
     try:
         pending, gone = collect(index, report, progress)
         report.documents_deleted = index.delete(gone)
-        if pending:
+        if pending and ray:
+            source = str(checkpoint.folder) if model else settings.model
+            embed_on_ray(index, source, settings, pending, report, progress, ray)
+        elif pending:
             embed_and_store(index, the_model(), collection, settings, pending, report, progress)
         index.sync_derived()
         stats = index.stats()
@@ -220,7 +231,7 @@ def _build(
         index.close()
     discard(index_path)  # all is committed: what a killed build journaled is of no more use
     report.seconds = round(time.perf_counter() - started, 3)
-    if report.chunks_embedded:
+    if report.chunks_embedded and not report.backend:  # the Ray engine sets its workers'
         report.backend, report.precision = loaded[0].backend, loaded[0].precision
     return report
 

@@ -79,6 +79,31 @@ from .common import (
 @click.option(
     "--rebuild", is_flag=True, help="Start over: delete the index there and embed everything."
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where chunks are embedded: this process, or Ray Data "
+    "(pip install 'instructor-search[distributed]').",
+)
+@click.option(
+    "--ray-address", default=None, help="Ray cluster to join (default: start one on this machine)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Ray actors, one model each (default: the cores here, or the cluster's CPUs - 1).",
+)
+@click.option(
+    "--shards",
+    "shards_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for the Ray workers' shards (default: INDEX/ray-shards).",
+)
+@click.option("--keep-shards", is_flag=True, help="Keep the Ray workers' shards once ingested.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "-q", "--quiet", is_flag=True, help="No progress bar, no summary (errors still print)."
@@ -101,6 +126,11 @@ def build(
     commit_every: int,
     pool_chunks: int,
     rebuild: bool,
+    engine: str,
+    ray_address: str | None,
+    workers: int | None,
+    shards_dir: Path | None,
+    keep_shards: bool,
     as_json: bool,
     quiet: bool,
     backend: str,
@@ -116,6 +146,7 @@ def build(
         instructor-index build ./notes ./papers.jsonl --index ./my-index
         instructor-index build ./docs --index ./idx --model hkunlp/instructor-large \\
             --document-instruction "Represent the Medicine document for retrieval: "
+        instructor-index build ./docs --index ./idx --engine ray --ray-address auto
     """
     from ..build import BuildSettings
     from ..build import build as run_build
@@ -134,7 +165,13 @@ def build(
         backend=backend,
         precision=precision,
     )
-    report = run_build(sources, index_path, settings, show_progress=not quiet)
+    report = run_build(
+        sources,
+        index_path,
+        settings,
+        show_progress=not quiet,
+        engine=_engine(engine, ray_address, workers, shards_dir, keep_shards),
+    )
     for failure in report.failures:
         where = f"{failure.path}:{failure.line}" if failure.line else failure.path
         click.secho(f"failed: {where}: {failure.reason}", fg="yellow", err=True)
@@ -153,6 +190,22 @@ def build(
             click.echo(f"skipped {len(report.skipped)} files of unknown type (-v lists them)")
     if report.documents_failed:
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _engine(
+    engine: str, address: str | None, workers: int | None, shards: Path | None, keep: bool
+) -> Any:
+    """``"local"``, or the Ray engine's settings (Ray's logs shown with ``-v`` only)."""
+    if engine == "local":
+        if address or workers or shards or keep:
+            raise click.UsageError(
+                "--ray-address, --workers, --shards and --keep-shards need --engine ray"
+            )
+        return engine
+    from instructor_search.engines.ray_engine import RaySettings
+
+    verbose = bool(click.get_current_context().find_root().params.get("verbose"))
+    return RaySettings(address, workers, shards=shards, keep_shards=keep, verbose=verbose)
 
 
 def _resumed(report: Any) -> str:

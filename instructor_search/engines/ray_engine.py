@@ -123,6 +123,8 @@ class Session:
         for name in ("ray", "ray.data"):  # Ray's console noise, unless --verbose
             logging.getLogger(name).setLevel(level)
         quiet = {"log_to_driver": settings.verbose, "logging_level": level}
+        if not settings.verbose:  # Ray's C++ core logs warnings to stderr (read at ray.init)
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         if self.local:
             cpus = math.ceil(self.workers * settings.cpus_per_worker) + 1
             ray.init(num_cpus=cpus, include_dashboard=False, **quiet)

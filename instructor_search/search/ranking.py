@@ -82,3 +82,11 @@ def mmr_order(relevance: np.ndarray, embeddings: np.ndarray, k: int, lam: float)
         taken[best] = True
         closest = np.maximum(closest, sims[best])
     return chosen
+
+
+def cut(ranking: list[tuple[int, float]], depth: int) -> list[tuple[int, float]] | None:
+    """The first ``depth`` of a list fetched ``depth + 1`` deep, or all of a shorter one; None
+    when the entry past ``depth`` ties with the last kept (the cut would split a tie)."""
+    if len(ranking) <= depth:
+        return ranking
+    return None if ranking[depth][1] == ranking[depth - 1][1] else ranking[:depth]

@@ -23,18 +23,17 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..encoder.checkpoints import BUNDLED_MODEL_ID
 from ..encoder.instructor import Instructor
 from ..encoder.query import QueryEncoder
-from ..errors import IndexMismatchError, InputError, ModelError
+from ..errors import InputError
 from ..store.index import ChunkRecord, Index
-from .ranking import fuse, mmr_order, stable_order
+from .models import checked, model_for
+from .ranking import cut, fuse, mmr_order, stable_order
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +137,7 @@ class Retriever:
         if model is not None and not isinstance(model, (str, Instructor, QueryEncoder)):
             raise InputError(f"model must be an Instructor, a model name or None, got {model!r}")
         self._model = (
-            None if model is None or isinstance(model, str) else _checked(self.index, model)
+            None if model is None or isinstance(model, str) else checked(self.index, model)
         )
         self._model_name, self._backend, self._precision = model, backend, precision
 
@@ -146,7 +145,7 @@ class Retriever:
     def model(self) -> Instructor | QueryEncoder:
         """The model that embeds queries (loaded on first use)."""
         if self._model is None:
-            self._model = _model_for(self.index, self._model_name, self._backend, self._precision)
+            self._model = model_for(self.index, self._model_name, self._backend, self._precision)
         return self._model
 
     # -- public API ----------------------------------------------------------------------------
@@ -346,10 +345,10 @@ class Retriever:
             deeper = []
             for i, row_ids, row_scores in zip(todo, ids, scores):
                 ranking = [(int(c), float(s)) for c, s in zip(row_ids, row_scores) if c >= 0]
-                if _cut(ranking, depth) is None:
+                if cut(ranking, depth) is None:
                     deeper.append(i)  # a tie runs past the list's end: look further
                 else:
-                    results[i] = self._stable(_cut(ranking, depth))
+                    results[i] = self._stable(cut(ranking, depth))
             todo, depth = deeper, depth * 4
         return results
 
@@ -358,7 +357,7 @@ class Retriever:
     ) -> list[tuple[int, float]]:
         """:meth:`Index.keyword_search`, cut between two different scores, ties in stable order."""
         while True:
-            ranking = _cut(self.index.keyword_search(query, depth + 1, where), depth)
+            ranking = cut(self.index.keyword_search(query, depth + 1, where), depth)
             if ranking is not None:
                 return self._stable(ranking)
             depth *= 4
@@ -429,57 +428,3 @@ def _check_options(k: Any, mode: Any, mmr: Any) -> None:
         isinstance(mmr, bool) or not isinstance(mmr, (int, float)) or not 0 <= mmr <= 1
     ):
         raise InputError(f"mmr must be a number from 0 to 1 (or None), got {mmr!r}")
-
-
-def _cut(ranking: list[tuple[int, float]], depth: int) -> list[tuple[int, float]] | None:
-    """The first ``depth`` of a list fetched ``depth + 1`` deep, or all of a shorter one; None
-    when the entry past ``depth`` ties with the last kept (the cut would split a tie)."""
-    if len(ranking) <= depth:
-        return ranking
-    return None if ranking[depth][1] == ranking[depth - 1][1] else ranking[:depth]
-
-
-@lru_cache(maxsize=4)
-def _load_model(name: str | None, backend: str = "auto", precision: str = "auto") -> Instructor:
-    return Instructor(name, backend=backend, precision=precision)
-
-
-def _model_for(
-    index: Index, model: str | None, backend: str = "auto", precision: str = "auto"
-) -> Instructor | QueryEncoder:
-    """The model to search ``index`` with, checked against the fingerprint it was built with:
-    the recorded model's ``QueryEncoder`` when one is saved (not for ``backend="torch"``), else
-    an ``Instructor``, whose ``QueryEncoder`` is then saved for the next start."""
-    settings = index.settings
-    recorded = model is None or model == settings.model
-    if recorded and backend != "torch":
-        encoder = QueryEncoder.open(settings.model_fingerprint)
-        if encoder is not None:
-            log.info("Query encoder: the verified ONNX export in %s (no torch)", encoder.folder)
-            return _checked(index, encoder)
-    name = model if model is not None else settings.model
-    try:
-        loaded = _load_model(None if name == BUNDLED_MODEL_ID else name, backend, precision)
-    except ModelError as exc:
-        raise type(exc)(
-            f"The index at {index.path} was built with model {settings.model!r}, which "
-            f"could not be loaded: {exc}"
-        ) from exc
-    log.info("Query encoder: %r", loaded)
-    _checked(index, loaded)
-    if recorded and backend != "torch":
-        QueryEncoder.save(loaded)
-    return loaded
-
-
-def _checked(index: Index, model: Instructor | QueryEncoder) -> Instructor | QueryEncoder:
-    settings = index.settings
-    if model.fingerprint != settings.model_fingerprint or model.dimension != settings.dimension:
-        raise IndexMismatchError(
-            f"The index at {index.path} was built with model {settings.model!r} "
-            f"(fingerprint {settings.model_fingerprint[:12]}, {settings.dimension} dimensions), "
-            f"not with {model.model_name!r} (fingerprint {model.fingerprint[:12]}). Search it with "
-            f"Retriever({str(index.path)!r}) to load the model it needs, or rebuild the index "
-            "with this model."
-        )
-    return model

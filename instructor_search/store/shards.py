@@ -10,7 +10,7 @@ and one or more ``*.parquet`` files, one row per chunk, with the columns of :dat
 (``embedding`` is ``fixed_size_list<float32>[dimension]``). All chunks of a document are in one
 file, ordinals ``0..n-1``. :func:`read_shard` checks a file and yields its documents; a file
 that cannot be read (truncated, a missing or mistyped column, another dimension) is one
-:class:`ReadFailure`, a bad document (NaN or zero vectors, ordinals missing or repeated, rows
+:class:`ShardFailure`, a bad document (NaN or zero vectors, ordinals missing or repeated, rows
 that disagree on the document's fields) is another, named by file, rows and field, and nothing
 of it is stored. :func:`export_shards` writes an index back out.
 

@@ -435,3 +435,15 @@ def test_ties_are_ordered_by_document_id_whatever_the_insertion_order(tmp_path, 
                 assert top_a == top_b == ["dup-a", "dup-b", "dup-c"][:k], (mode, k)
             documents = a.search("solar electricity", k=2, mode=mode, documents=True)
             assert [h.doc_id for h in documents] == ["dup-a", "dup-b"]
+
+
+def test_through_ties_fetches_one_tie_group_not_every_tie():
+    from instructor_search.search.ranking import through_ties
+
+    # groups of 50 equal scores: 1.0 x 50, 0.9 x 50, ...
+    ranking = [(i, 1.0 - (i // 50) / 10) for i in range(300)]
+    assert through_ties(ranking[:101], 100, 101) == ranking[:100]  # the cut falls between groups
+    assert through_ties(ranking[:76], 75, 76) is None  # the list ends inside the cut's group
+    closed = through_ties(ranking[:304], 75, 304)
+    assert closed == ranking[:100]  # the whole group at the cut, nothing of the next groups
+    assert through_ties(ranking[:10], 75, 76) == ranking[:10]  # shorter than asked: all of it

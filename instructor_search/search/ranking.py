@@ -84,9 +84,16 @@ def mmr_order(relevance: np.ndarray, embeddings: np.ndarray, k: int, lam: float)
     return chosen
 
 
-def cut(ranking: list[tuple[int, float]], depth: int) -> list[tuple[int, float]] | None:
-    """The first ``depth`` of a list fetched ``depth + 1`` deep, or all of a shorter one; None
-    when the entry past ``depth`` ties with the last kept (the cut would split a tie)."""
+def through_ties(
+    ranking: list[tuple[int, float]], depth: int, fetched: int
+) -> list[tuple[int, float]] | None:
+    """The first ``depth`` of a list asked ``fetched`` deep, plus every later entry tied with the
+    last of them (so that :func:`stable_order` sees a whole group of equals); all of a list
+    shorter than asked. ``None`` when the list ends inside that group: ask deeper. The extra
+    entries are at most one tie group, however many ties the rest of the list holds."""
     if len(ranking) <= depth:
         return ranking
-    return None if ranking[depth][1] == ranking[depth - 1][1] else ranking[:depth]
+    last = ranking[depth - 1][1]
+    if len(ranking) >= fetched and ranking[-1][1] == last:
+        return None
+    return ranking[:depth] + [item for item in ranking[depth:] if item[1] == last]

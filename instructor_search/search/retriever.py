@@ -7,7 +7,7 @@ are); then each document keeps its best chunk. MMR reranks the best ``4k`` candi
 (:func:`~instructor_search.search.ranking.mmr_order`). Equal scores are ordered by document id,
 then chunk ordinal (:func:`~instructor_search.search.ranking.stable_order`), never by row ids,
 which differ between builds of the same corpus; a candidate list is cut only between two
-different scores.
+different scores: ties at the cut are fetched whole and ordered, then the list is cut.
 
 Queries are checked against the index (``k``, ``mode``, ``where``'s fields and values) before
 any model loads, and the model loads on the first query that needs it (never for
@@ -33,7 +33,7 @@ from ..encoder.query import QueryEncoder
 from ..errors import InputError
 from ..store.index import ChunkRecord, Index
 from .models import checked, model_for
-from .ranking import cut, fuse, mmr_order, stable_order
+from .ranking import fuse, mmr_order, stable_order, through_ties
 
 log = logging.getLogger(__name__)
 
@@ -338,29 +338,32 @@ class Retriever:
         """Per query vector: ``(chunk_id, cosine)`` best first, at least ``depth`` long when
         possible, cut between two different scores, ties in :func:`stable_order`."""
         results: list[list[tuple[int, float]]] = [[] for _ in vectors]
-        todo = list(range(len(vectors)))
+        todo, fetch = list(range(len(vectors))), depth + 1
         while todo:
             with _one_thread(len(todo) <= FEW_QUERIES):
-                scores, ids = self.index.search_vectors(vectors[todo], depth + 1, where)
+                scores, ids = self.index.search_vectors(vectors[todo], fetch, where)
             deeper = []
             for i, row_ids, row_scores in zip(todo, ids, scores):
                 ranking = [(int(c), float(s)) for c, s in zip(row_ids, row_scores) if c >= 0]
-                if cut(ranking, depth) is None:
+                closed = through_ties(ranking, depth, fetch)
+                if closed is None:
                     deeper.append(i)  # a tie runs past the list's end: look further
                 else:
-                    results[i] = self._stable(cut(ranking, depth))
-            todo, depth = deeper, depth * 4
+                    results[i] = self._stable(closed)[:depth]
+            todo, fetch = deeper, fetch * 4
         return results
 
     def _keyword(
         self, query: str, depth: int, where: Mapping[str, Any] | None
     ) -> list[tuple[int, float]]:
         """:meth:`Index.keyword_search`, cut between two different scores, ties in stable order."""
+        fetch = depth + 1
         while True:
-            ranking = cut(self.index.keyword_search(query, depth + 1, where), depth)
-            if ranking is not None:
-                return self._stable(ranking)
-            depth *= 4
+            ranking = self.index.keyword_search(query, fetch, where)
+            closed = through_ties(ranking, depth, fetch)
+            if closed is not None:
+                return self._stable(closed)[:depth]
+            fetch *= 4
 
     def _stable(self, ranking: list[tuple[int, float]]) -> list[tuple[int, float]]:
         """``ranking`` with equal scores ordered by document id, then chunk ordinal."""

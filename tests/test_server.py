@@ -216,6 +216,33 @@ def test_search_server_client_gives_hits_and_library_errors(client, tiny_index):
         search_server(f"http://127.0.0.1:{free_port()}", "garlic")
 
 
+def test_cli_search_asks_the_server(client, tmp_path):
+    url = str(client.base_url)
+    served = client.post("/search", json={"query": "garlic", "k": 2, "mode": "dense"}).json()
+    # INDEX is not opened with --server: a folder that holds no index still answers
+    printed = CliRunner().invoke(
+        cli,
+        [
+            "search",
+            str(tmp_path),
+            "garlic",
+            "-k",
+            "2",
+            "--mode",
+            "dense",
+            "--json",
+            "--server",
+            url,
+        ],
+    )
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.output) == served["hits"]
+    refused = CliRunner().invoke(
+        cli, ["search", str(tmp_path), "garlic", "--where", "colour=red", "--server", url]
+    )
+    assert refused.exit_code == 1 and "colour" in refused.output
+
+
 def test_bodies_match_their_documented_models(client):
     """The routes return ready-made JSON; it must be what /docs says it is."""
     from instructor_search.server import models

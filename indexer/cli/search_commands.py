@@ -15,6 +15,12 @@ _WHERE = re.compile(r"^\s*([^=<>!]+?)\s*(>=|<=|!=|=|<|>)\s*(.*)$")
 
 
 def _where_value(text: str) -> Any:
+    """A number when ``text`` reads as one, ``true``/``false`` as booleans, quoted text
+    (``title="1984"``) as the text inside the quotes, anything else as it is."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    if text in ("true", "false"):
+        return text == "true"
     for kind in (int, float):
         try:
             return kind(text)
@@ -75,6 +81,13 @@ def parse_where(conditions: tuple[str, ...]) -> dict[str, Any]:
 )
 @click.option("--documents", is_flag=True, help="One hit per document (its best chunk).")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+@click.option(
+    "--server",
+    metavar="URL",
+    default=None,
+    help="Ask a running `instructor-index serve` at URL instead of loading the model here (the "
+    "server's index answers; INDEX is not opened). A key is read from $INSTRUCTOR_SEARCH_API_KEY.",
+)
 @backend_option
 @errors_as_messages
 def search(
@@ -87,6 +100,7 @@ def search(
     mmr: float | None,
     documents: bool,
     as_json: bool,
+    server: str | None,
     backend: str,
 ) -> None:
     """Search an index: ranked chunks with their documents.
@@ -95,22 +109,23 @@ def search(
     Example:
         instructor-index search ./my-index "side effects of metformin" -k 5
         instructor-index search ./my-index "rent deposit" --where type=pdf --where folder=law
+        instructor-index search ./my-index "rent deposit" --server http://127.0.0.1:8000
     """
     from instructor_search.search.highlight import excerpt, query_terms
     from instructor_search.search.retriever import DEFAULT_MODE, Retriever
 
     where = parse_where(conditions) or None
     started = time.perf_counter()
-    retriever = Retriever(index_path, backend=backend)
-    hits = retriever.search(
-        query,
-        k=k,
-        instruction=instruction,
-        where=where,
-        mode=mode or DEFAULT_MODE,
-        mmr=mmr,
-        documents=documents,
-    )
+    options = {"k": k, "instruction": instruction, "where": where, "mmr": mmr}
+    options["documents"] = documents
+    if server:
+        from instructor_search.server.client import search_server
+
+        hits = search_server(server, query, mode=mode, **options)
+    else:
+        hits = Retriever(index_path, backend=backend).search(
+            query, mode=mode or DEFAULT_MODE, **options
+        )
     if as_json:
         print_json([hit.to_dict() for hit in hits])
         return
@@ -126,7 +141,8 @@ def search(
         click.echo(f"    {_highlighted(excerpt(hit.text, terms, 300))}")
     click.echo(
         click.style(
-            f"{len(hits)} hits in {1000 * (time.perf_counter() - started):.0f} ms (model load included)",
+            f"{len(hits)} hits in {1000 * (time.perf_counter() - started):.0f} ms "
+            + ("(server)" if server else "(model load included)"),
             dim=True,
         )
     )

@@ -285,3 +285,14 @@ def test_add_documents_from_python(tmp_path, settings, tiny):
     with Index.open(index, readonly=True) as opened:
         assert opened.document("b").text == "Changed text."
         assert opened.document("a").metadata["year"] == 2024
+
+
+def test_parse_where_reads_booleans_and_quoted_text():
+    from instructor_search.indexer.cli import parse_where
+
+    assert parse_where(("draft=true", 'title="1984"', "code='007'", "n=7")) == {
+        "draft": True,
+        "title": "1984",
+        "code": "007",
+        "n": 7,
+    }

@@ -21,6 +21,7 @@ from instructor_search.documents import Document
 from instructor_search.encoder.checkpoints import Checkpoint, resolve
 from instructor_search.encoder.instructor import Instructor
 from instructor_search.encoder.profiles import profile_for
+from instructor_search.encoder.query import QueryEncoder
 from instructor_search.engines.ray_engine import RaySettings, embed_on_ray, ray_settings
 from instructor_search.errors import IndexStoreError, InputError
 from instructor_search.store.index import INDEX_FILE, CollectionSettings, Index
@@ -225,6 +226,8 @@ def _build(
         elif pending:
             embed_and_store(index, the_model(), collection, settings, pending, report, progress)
         index.sync_derived()
+        if loaded:  # the first search after this build starts without torch (once per model)
+            QueryEncoder.save(loaded[0])
         stats = index.stats()
         report.documents_total, report.chunks_total = stats.documents, stats.chunks
     finally:
@@ -253,7 +256,7 @@ def _changed(
 def _collection_settings(
     checkpoint: Checkpoint, settings: BuildSettings, model: Instructor | None
 ) -> CollectionSettings:
-    profile = model.profile if model else profile_for(checkpoint.name, checkpoint.folder.name)
+    profile = model.profile if model else profile_for(checkpoint)
     document = settings.document_instruction
     query = settings.query_instruction
     return CollectionSettings(

@@ -244,6 +244,16 @@ class Instructor:
         ]
         return input_ids, excluded
 
+    def forward(self, ids: list[list[int]], excluded: list[int]) -> torch.Tensor:
+        """Sentence embeddings of tokenized inputs (see :meth:`tokenize`) on the fp32 torch
+        encoder, with gradients when torch has them on (training): the head ``encode`` uses."""
+        if self.backend != "torch" or self.precision != "fp32":
+            raise InputError(
+                "forward() runs the fp32 torch encoder: load the model with "
+                "Instructor(..., backend='torch', precision='fp32')"
+            )
+        return self._forward(ids, excluded)["sentence_embedding"]
+
     def _forward(self, ids: list[list[int]], excluded: list[int]) -> dict[str, torch.Tensor]:
         import torch
 

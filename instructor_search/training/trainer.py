@@ -55,7 +55,7 @@ def embed_for_training(model: Instructor, pairs: Sequence[Pair]) -> torch.Tensor
 
     ids, excluded = model.tokenize([list(pair) for pair in pairs])
     with torch.enable_grad():
-        return model._forward(ids, excluded)["sentence_embedding"]
+        return model.forward(ids, excluded)
 
 
 def trainable_parameters(model: Instructor) -> list[torch.nn.Parameter]:

@@ -181,7 +181,7 @@ class _Base:
         query, document = settings.query_instruction, settings.document_instruction
         if settings.index is None:
             checkpoint = resolve(settings.model)
-            own = profiles.profile_for(checkpoint.name, checkpoint.folder.name)
+            own = profiles.profile_for(checkpoint)
             return cls(
                 checkpoint,
                 default.query_instruction if query is None else query,
@@ -211,7 +211,7 @@ class _Base:
             checkpoint,
             pair[0] if query is None else query,
             pair[1] if document is None else document,
-            profiles.profile_for(checkpoint.name, checkpoint.folder.name),
+            profiles.profile_for(checkpoint),
             index=Path(settings.index),
             collection=collection,
             documents={k: v for k, v in documents.items() if v is not None},

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from test_keywords import QUERIES, SETTINGS, fts5_truth
 
-from instructor_search.errors import IndexStoreError
 from instructor_search.store import keywords, vectors
 from instructor_search.store.index import KEYWORDS_FILE, VECTORS_FILE, Index
 from instructor_search.store.migrations import SCHEMA_VERSION
@@ -75,8 +74,11 @@ def test_old_index_is_upgraded_and_answers_as_before(old_index, tmp_path):
     path = tmp_path / "idx"
     shutil.copytree(old_index, path)
     assert vectors.read_generation(path / VECTORS_FILE) is None  # the old file format
-    with pytest.raises(IndexStoreError, match="older schema"):
-        Index.open(path, readonly=True)
+    searched = tmp_path / "searched"
+    shutil.copytree(old_index, searched)
+    with Index.open(searched, readonly=True) as reader:  # a first search upgrades it once
+        assert reader.readonly and reader.stats().schema_version == SCHEMA_VERSION
+        assert reader.fields()["lang"] == "text" and len(reader.document_hashes()) == 59
     with Index.open(path) as ix:  # a writer upgrades it
         assert ix.stats().schema_version == SCHEMA_VERSION
         assert ix.fields()["lang"] == "text" and ix.fields()["year"] == "number"

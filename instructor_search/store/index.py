@@ -12,6 +12,7 @@ other processes never see a half-written state.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ from .writes import IndexWrites
 
 if TYPE_CHECKING:
     from instructor_search.indexer.build import BuildReport
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "INDEX_FILE",
@@ -148,7 +151,8 @@ class Index(IndexWrites, IndexReads):
 
     @classmethod
     def open(cls, path: str | Path, *, readonly: bool = False) -> Index:
-        """Open an existing index; a read-only one (a searcher) never writes to the folder."""
+        """Open an existing index; a read-only one (a searcher) never writes to the folder,
+        except once to upgrade an index made by an older release (when the folder is writable)."""
         path = Path(path)
         file = path / INDEX_FILE
         if not file.is_file():
@@ -171,6 +175,13 @@ class Index(IndexWrites, IndexReads):
                     "(no collection table); point --index at an index folder"
                 )
             pending = pending_migrations(db)  # IndexCorruptError when written by newer software
+            if pending and readonly and os.access(file, os.W_OK) and os.access(path, os.W_OK):
+                # an index made by an older release: upgrade it once, then read as asked
+                db.close()
+                db = None
+                log.info("upgrading %s to schema %d before reading it", file, SCHEMA_VERSION)
+                cls.open(path).close()
+                return cls.open(path, readonly=True)
             if pending and readonly:
                 raise IndexStoreError(
                     f"{file} has an older schema; open it once for writing (e.g. run "

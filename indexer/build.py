@@ -148,7 +148,7 @@ def add_documents(
         stored, pending = index.document_hashes(), {}
         for doc in documents:  # the last of several documents with one id wins
             pending[doc.id] = doc
-        return _changed(pending.values(), stored, report), []
+        return changed_documents(pending.values(), stored, report), []
 
     progress = _progress(show_progress, on_progress)
     return _run(Path(index_path), settings or BuildSettings(), model, progress, collect)
@@ -213,7 +213,7 @@ def _build(
         Chunker(loaded_model.tokenizer, settings.chunk, max_text_tokens=max_text)
         return loaded_model.dimension
 
-    index = _open_index(index_path, collection, settings.rebuild, prepared)
+    index = open_index(index_path, collection, settings.rebuild, prepared)
     if settings.rebuild:
         discard(index_path)  # vectors a killed build of the replaced index had embedded
     report = BuildReport()
@@ -239,7 +239,7 @@ def _build(
     return report
 
 
-def _changed(
+def changed_documents(
     documents: Iterable[Document], stored: dict[str, str], report: BuildReport
 ) -> list[tuple[Document, bool]]:
     """The documents whose content differs from the stored one: ``(document, is_update)``."""
@@ -270,7 +270,7 @@ def _collection_settings(
     )
 
 
-def _open_index(
+def open_index(
     path: Path, collection: CollectionSettings, rebuild: bool, dimension: Callable[[], int]
 ) -> Index:
     """Open the index there, or create it in a new or empty folder; never adopt another folder.
@@ -335,7 +335,7 @@ def _scan(
                 report.documents_failed += 1
             else:
                 found.seen.add(doc.id)
-                found.pending += _changed([doc], stored, report)
+                found.pending += changed_documents([doc], stored, report)
     progress(BuildProgress(READING, read, read))
     return found
 

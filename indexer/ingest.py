@@ -19,7 +19,7 @@ from instructor_search.documents import Chunk, Document
 from instructor_search.store.index import Index
 from instructor_search.store.shards import ShardFailure, read_manifest, read_shard, shard_files
 
-from .build import BuildReport, _changed, _open_index
+from .build import BuildReport, changed_documents, open_index
 from .reader_base import ReadFailure
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def ingest(
     folders = [Path(folder) for folder in shards]
     manifests = [read_manifest(folder) for folder in folders]
     first = manifests[0].settings()
-    index = _open_index(Path(index_path), first, False, lambda: first.dimension)
+    index = open_index(Path(index_path), first, False, lambda: first.dimension)
     try:
         report = ingest_into(index, folders)
         stats = index.stats()
@@ -84,7 +84,7 @@ def ingest_into(index: Index, shards: Sequence[str | os.PathLike[str]]) -> Build
                     _failed(report, str(file), None, f"duplicate id {doc.id!r} (another file)")
                     continue
                 seen.add(doc.id)
-                for pending, is_update in _changed([doc], stored, report):
+                for pending, is_update in changed_documents([doc], stored, report):
                     batch.append((pending, chunks, vectors, is_update))
                 if len(batch) >= BATCH_DOCUMENTS or sum(len(b[1]) for b in batch) >= BATCH_CHUNKS:
                     flush()

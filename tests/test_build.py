@@ -153,6 +153,7 @@ def test_cli_build_info_delete(tmp_path, tiny_path):
     info = json.loads(runner.invoke(cli, ["info", str(index), "--json"]).stdout)
     assert info["documents"] == 3 and info["model"] == str(tiny_path.resolve())
     assert info["index_type"] == "flat" and info["recall_at_10"] == 1.0
+    assert {"type", "folder", "size"} <= set(info["fields"])  # the filterable fields, listed
     for key in (
         "chunks",
         "model_fingerprint",

@@ -242,6 +242,8 @@ def info(index_path: Path, as_json: bool) -> None:
         return
     width = max(len(key) for key in stats)
     for key, value in stats.items():
+        if isinstance(value, dict):  # fields: name (kind), ...
+            value = ", ".join(f"{name} ({kind})" for name, kind in value.items())
         click.echo(f"{key.ljust(width)}  {'-' if value is None else value}")
 
 

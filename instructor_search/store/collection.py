@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -39,6 +39,8 @@ class IndexStats:
     built_at: str | None
     generation: int
     path: str
+    #: Filterable fields -> kind (``Index.fields()``: built-in columns and indexed metadata keys).
+    fields: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -49,7 +49,8 @@ class IndexReads(IndexFields):
         files = (INDEX_FILE, f"{INDEX_FILE}-wal", VECTORS_FILE, KEYWORDS_FILE)
         size = sum((self.path / f).stat().st_size for f in files if (self.path / f).exists())
         keep = set(IndexStats.__annotations__) - {"documents", "chunks", "size_bytes", "path"}
-        extra = {"size_bytes": size, "path": str(self.path)}
+        keep -= {"fields"}
+        extra = {"size_bytes": size, "path": str(self.path), "fields": self.fields()}
         return IndexStats(documents=docs, chunks=chunks, **{k: row[k] for k in keep}, **extra)
 
     @locked

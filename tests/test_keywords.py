@@ -12,7 +12,7 @@ import pytest
 
 from instructor_search.documents import Chunk, Document
 from instructor_search.indexer.build import BuildSettings, build, delete_documents
-from instructor_search.store import derived, keywords
+from instructor_search.store import derived, keyword_file, keywords
 from instructor_search.store.index import KEYWORDS_FILE, CollectionSettings, Index
 
 DIM = 8
@@ -137,7 +137,7 @@ def assert_same(found: list, truth: list) -> None:
 
 
 def test_same_ids_and_scores_as_fts5(index, fts5_calls):
-    assert keywords.read_generation(index.path / KEYWORDS_FILE) == index.generation
+    assert keyword_file.read_generation(index.path / KEYWORDS_FILE) == index.generation
     nonempty = 0
     for where in FILTERS:
         allowed = index.matching_chunk_ids(where) if where else None
@@ -217,13 +217,13 @@ def stamp(file: Path) -> tuple[int, int]:
 
 
 def test_file_round_trip(index, tmp_path):
-    matrix = keywords.load(index.path / KEYWORDS_FILE)
+    matrix = keyword_file.load(index.path / KEYWORDS_FILE)
     assert matrix.generation == index.generation and matrix.tokenize == "porter unicode61"
     assert matrix.vocabulary == sorted(matrix.vocabulary) and "run" in matrix.vocabulary
     assert len(matrix.chunk_ids) == index.stats().chunks
     assert matrix.rows.dtype == np.int32 and matrix.freq.dtype == np.float32
-    keywords.save(matrix, tmp_path / "copy.bm25")
-    again = keywords.load(tmp_path / "copy.bm25")
+    keyword_file.save(matrix, tmp_path / "copy.bm25")
+    again = keyword_file.load(tmp_path / "copy.bm25")
     for name in ("chunk_ids", "lengths", "offsets", "rows", "freq"):
         np.testing.assert_array_equal(getattr(again, name), getattr(matrix, name))
     assert again.vocabulary == matrix.vocabulary
@@ -261,7 +261,7 @@ def test_damaged_file_falls_back_to_fts5(index, damage, fts5_calls, caplog, tmp_
     assert file.exists() == (damage != "missing")  # a reader never writes it
     with Index.open(index.path) as writer:
         writer.sync_derived()  # what a build does at its end: rewrite it
-        assert keywords.read_generation(file) == writer.generation
+        assert keyword_file.read_generation(file) == writer.generation
     fts5_calls.clear()
     with Index.open(index.path, readonly=True) as reader:
         assert_same(reader.keyword_search("the fox", 50), fts5_truth(index.path, "the fox", 50))
@@ -285,7 +285,7 @@ def test_changes_are_applied_from_the_log_then_merged(index, fts5_calls, monkeyp
     monkeypatch.setattr(derived, "MERGE_FRACTION", 0.0)
     index.sync_derived()  # now due: rebuilt from FTS5, the log pruned
     assert stamp(index.path / KEYWORDS_FILE) != before
-    assert keywords.read_generation(index.path / KEYWORDS_FILE) == index.generation
+    assert keyword_file.read_generation(index.path / KEYWORDS_FILE) == index.generation
     assert index._db.execute("SELECT count(*) FROM chunk_changes").fetchone()[0] == 0
     for query in ("zebra run", "the of and a"):
         assert reader.keyword_search(query, 1000) == fts5_truth(index.path, query, 1000)
@@ -312,7 +312,7 @@ def test_noop_sync_keeps_the_file_and_an_empty_index_works(index, tmp_path):
     assert stamp(file) == before
     with Index.create(tmp_path / "empty", SETTINGS) as empty:
         empty.sync_derived()
-        assert keywords.load(empty.path / KEYWORDS_FILE).chunk_ids.size == 0
+        assert keyword_file.load(empty.path / KEYWORDS_FILE).chunk_ids.size == 0
         assert empty.keyword_search("fox", 5) == []
 
 
@@ -339,7 +339,7 @@ def test_build_writes_it_and_a_noop_build_does_not(tmp_path, tiny_path, tiny, mo
     build([corpus_dir], path, settings, model=tiny)
     assert stamp(file) != first
     with Index.open(path, readonly=True) as reader:
-        assert keywords.read_generation(file) == reader.generation
+        assert keyword_file.read_generation(file) == reader.generation
         assert_same(reader.keyword_search("telescope comets", 10),
                     fts5_truth(path, "telescope comets", 10))  # fmt: skip
     after_build = stamp(file)

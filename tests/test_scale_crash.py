@@ -24,7 +24,7 @@ import os, signal, sys
 import numpy as np
 sys.path.insert(0, {tests!r})
 from test_keywords import corpus
-from instructor_search.store import derived, keywords, vectors
+from instructor_search.store import derived, keyword_file, vectors
 from instructor_search.store.index import Index
 from instructor_search.store.reads import IndexReads
 from instructor_search.store.connection import IndexBase
@@ -46,7 +46,7 @@ if point == "in the upsert transaction":
 elif point == "before vectors.faiss is renamed":
     vectors.os.replace = die
 elif point == "after vectors.faiss, before keywords.bm25":
-    keywords.save = die
+    keyword_file.save = die
 elif point == "after both files, before the log is pruned":
     IndexReads._prune_changes = die
 with Index.open({path!r}) as ix:

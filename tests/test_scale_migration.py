@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_keywords import QUERIES, SETTINGS, fts5_truth
 
-from instructor_search.store import keywords, vectors
+from instructor_search.store import keyword_file, vectors
 from instructor_search.store.index import KEYWORDS_FILE, VECTORS_FILE, Index
 from instructor_search.store.migrations import SCHEMA_VERSION
 
@@ -100,7 +100,7 @@ def test_old_index_is_upgraded_and_answers_as_before(old_index, tmp_path):
             assert ix.keyword_search(query, 50) == fts5_truth(path, query, 50)
         ix.sync_derived()
     assert vectors.read_generation(path / VECTORS_FILE) is not None
-    assert keywords.read_generation(path / KEYWORDS_FILE) is not None
+    assert keyword_file.read_generation(path / KEYWORDS_FILE) is not None
     with Index.open(path, readonly=True) as reader:
         for query in QUERIES:
             assert reader.keyword_search(query, 50) == fts5_truth(path, query, 50)

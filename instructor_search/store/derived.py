@@ -36,7 +36,7 @@ import faiss
 import numpy as np
 import sqlite_utils
 
-from . import keywords
+from . import keyword_file, keywords
 from . import vectors as vector_files
 from .vector_search import Vectors, merged
 from .vectors import VectorFileError, VectorIndexInfo, build_vector_index
@@ -243,7 +243,7 @@ class DerivedFiles:
     def _keyword_file(self, generation: int, floor: int) -> keywords.KeywordMatrix | None:
         """The saved matrix (loaded once per file) when it can be brought to ``generation``."""
         file = self.path / KEYWORDS_FILE
-        file_generation = keywords.read_generation(file)
+        file_generation = keyword_file.read_generation(file)
         if file_generation is None or not floor <= file_generation <= generation:
             return None
         if self._keyword_base is not None and self._keyword_base.generation == file_generation:
@@ -256,7 +256,7 @@ class DerivedFiles:
         if self._unreadable.get(KEYWORDS_FILE) == stamp:  # warned about this very file already
             return None
         try:
-            matrix = keywords.load(file)
+            matrix = keyword_file.load(file)
         except (OSError, keywords.KeywordMatrixError) as exc:
             self._warn_unreadable(file, exc, stamp)
             return None
@@ -311,13 +311,13 @@ class DerivedFiles:
     def save_keywords(self, matrix: keywords.KeywordMatrix) -> None:
         """Writer side, outside a snapshot: write ``keywords.bm25`` and keep ``matrix``."""
         file = self.path / KEYWORDS_FILE
-        keywords.save(matrix, file)
+        keyword_file.save(matrix, file)
         self._keywords = self._keyword_base = matrix
         log.info("wrote %s (%.1f MB)", file, file.stat().st_size / 1e6)
 
     def keywords_generation(self) -> int | None:
         """The generation ``keywords.bm25`` holds (``None`` when missing or not ours)."""
-        return keywords.read_generation(self.path / KEYWORDS_FILE)
+        return keyword_file.read_generation(self.path / KEYWORDS_FILE)
 
     def close(self) -> None:
         """Drop the loaded structures."""

@@ -81,16 +81,8 @@ def _arrow() -> Any:
 
 
 @dataclass(frozen=True)
-class ShardManifest:
+class ShardManifest(CollectionSettings):
     """What ``manifest.json`` says: the collection settings the embeddings were made with."""
-
-    model: str
-    model_fingerprint: str
-    dimension: int
-    document_instruction: str
-    query_instruction: str
-    chunk_tokens: int
-    chunk_overlap: int
 
     @classmethod
     def of(cls, settings: CollectionSettings) -> ShardManifest:

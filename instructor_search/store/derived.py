@@ -41,6 +41,10 @@ from . import vectors as vector_files
 from .vector_search import Vectors, merged
 from .vectors import VectorFileError, VectorIndexInfo, build_vector_index
 
+#: Builds the ANN structure for ``(ids, vectors)``: :func:`~.vectors.build_vector_index` or a
+#: caller's (e.g. one that fills an IVF index's lists in parallel).
+VectorBuilder = Callable[[np.ndarray, np.ndarray], tuple[faiss.Index, VectorIndexInfo]]
+
 log = logging.getLogger(__name__)
 
 #: The index folder: the truth (owned by :class:`~instructor_search.store.index.Index`), then the
@@ -82,6 +86,7 @@ class DerivedFiles:
         self._keyword_base: keywords.KeywordMatrix | None = None  # as loaded from the file
         self._keywords: keywords.KeywordMatrix | None = None  # the base with its delta
         self._unreadable: dict[str, tuple[int, int, int]] = {}  # file -> stamp warned about
+        self.build_vectors: VectorBuilder = build_vector_index
 
     # -- the change log (inside the caller's snapshot) ----------------------------------------
 
@@ -163,7 +168,7 @@ class DerivedFiles:
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
         del rows
-        index, self._unsaved = build_vector_index(ids, matrix.reshape(len(ids), self._dimension))
+        index, self._unsaved = self.build_vectors(ids, matrix.reshape(len(ids), self._dimension))
         return Vectors(index)
 
     def prepare_vectors(self, generation: int) -> None:

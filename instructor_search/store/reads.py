@@ -16,9 +16,9 @@ from ..errors import IndexMismatchError, IndexStoreError, InputError
 from . import keywords
 from .collection import IndexStats
 from .connection import TEXT_WEIGHT, TITLE_WEIGHT, locked
-from .derived import INDEX_FILE, KEYWORDS_FILE, VECTORS_FILE
+from .derived import INDEX_FILE, KEYWORDS_FILE, VECTORS_FILE, VectorBuilder
 from .fields import IndexFields
-from .vectors import VectorIndexInfo
+from .vectors import VectorIndexInfo, build_vector_index
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,11 @@ class IndexReads(IndexFields):
         if matrix is not None:
             self._derived.save_keywords(matrix)
         self._prune_changes()
+
+    def use_vector_builder(self, builder: VectorBuilder | None) -> None:
+        """Build ``vectors.faiss`` with ``builder`` from now on (``None``: the default,
+        :func:`~.vectors.build_vector_index`), e.g. one that fills IVF lists in parallel."""
+        self._derived.build_vectors = builder or build_vector_index
 
     def _prune_changes(self) -> None:
         """Forget the changes both derived files hold (each file's generation, or older)."""

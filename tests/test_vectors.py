@@ -3,6 +3,8 @@ measured independently, a saved index plus a delta answers as a rebuilt one."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import faiss
 import numpy as np
 import pytest
@@ -208,3 +210,43 @@ def test_falls_back_to_flat_when_recall_is_low(monkeypatch):
     index, info = build_vector_index(np.arange(2000), matrix, flat_max=100)
     assert info.index_type == "flat" and info.recall_at_10 == 1.0
     assert isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)
+
+
+def list_ids(index: faiss.Index) -> list[list[int]]:
+    lists = faiss.extract_index_ivf(index).invlists
+    return [
+        faiss.rev_swig_ptr(lists.get_ids(n), lists.list_size(n)).tolist()
+        for n in range(lists.nlist)
+    ]
+
+
+def test_ivf_filled_in_parts_and_merged_is_the_serial_index():
+    matrix = clustered(3000, 16, seed=9)
+    ids = np.random.default_rng(9).permutation(100_000)[:3000].astype(np.int64)
+
+    def in_parts(index: faiss.Index, ids: np.ndarray, rows: np.ndarray) -> faiss.Index:
+        trained, cuts = faiss.serialize_index(index), [0, 700, 701, 2500, 3000]
+        parts = [vectors.fill_part(trained, ids[a:b], rows[a:b]) for a, b in pairwise(cuts)]
+        return vectors.merge_parts(index, parts)
+
+    serial, serial_info = build_vector_index(ids, matrix, flat_max=1000)
+    merged, merged_info = build_vector_index(ids, matrix, flat_max=1000, fill=in_parts)
+    assert serial_info == merged_info and serial_info.index_type.startswith("ivf")
+    assert list_ids(merged) == list_ids(serial)  # same lists, same ids, same order
+    queries = near(matrix, 50, seed=10)
+    for k in (1, 10):
+        np.testing.assert_array_equal(merged.search(queries, k)[1], serial.search(queries, k)[1])
+    merged.remove_ids(ids[:5])  # the direct map is set on the merged lists too
+    assert merged.ntotal == 2995
+
+
+def test_a_filler_that_loses_vectors_is_an_error():
+    matrix = clustered(2000, 16, seed=4)
+    ids = np.arange(2000, dtype=np.int64)
+    with pytest.raises(IndexStoreError, match="1000 of 2000"):
+        build_vector_index(
+            ids,
+            matrix,
+            flat_max=100,
+            fill=lambda i, d, v: vectors.add_serially(i, d[:1000], v[:1000]),
+        )

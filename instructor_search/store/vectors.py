@@ -27,6 +27,7 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +96,9 @@ def ivf_lists(n: int) -> int:
     return max(1, round(IVF_LISTS_PER_SQRT * math.sqrt(n)))
 
 
-def _ivf(ids: np.ndarray, vectors: np.ndarray) -> faiss.IndexIVFFlat:
+def trained_ivf(vectors: np.ndarray) -> faiss.IndexIVFFlat:
+    """An empty :class:`faiss.IndexIVFFlat` for ``vectors``, its ``4 sqrt(n)`` lists trained
+    on a sample of them (the same sample, so the same lists, every time)."""
     n, d = vectors.shape
     nlist = ivf_lists(n)
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -104,19 +107,49 @@ def _ivf(ids: np.ndarray, vectors: np.ndarray) -> faiss.IndexIVFFlat:
     sample = min(n, IVF_TRAIN_PER_LIST * nlist)
     rows = np.sort(np.random.default_rng(0).choice(n, size=sample, replace=False))
     index.train(vectors[rows])
-    index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
+    return index
+
+
+#: Fills a trained, empty IVF index (without a direct map) with ``(ids, vectors)`` and returns
+#: it; each list must hold its ids in the order of ``ids``, as :func:`add_serially` leaves them.
+IvfFiller = Callable[[faiss.Index, np.ndarray, np.ndarray], faiss.Index]
+
+
+def add_serially(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
+    """The default :data:`IvfFiller`: ``add_with_ids`` here, on FAISS's own threads."""
     index.add_with_ids(vectors, ids)
     return index
 
 
+def fill_part(trained: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """One part of a parallel fill: the trained, empty index ``trained``
+    (``faiss.serialize_index``) with ``(ids, vectors)`` added, serialized again."""
+    index = faiss.deserialize_index(trained)
+    index.add_with_ids(_as_matrix(vectors), np.ascontiguousarray(ids, dtype=np.int64))
+    return faiss.serialize_index(index)
+
+
+def merge_parts(index: faiss.Index, parts: Iterable[np.ndarray]) -> faiss.Index:
+    """``index`` (trained, empty) with the lists of ``parts`` (:func:`fill_part` of consecutive
+    slices of the ids, in order) appended: the lists a serial add of all of them makes."""
+    for part in parts:
+        faiss.merge_into(index, faiss.deserialize_index(part), False)
+    return index
+
+
 def build_vector_index(
-    ids: np.ndarray, vectors: np.ndarray, *, flat_max: int | None = None
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    *,
+    flat_max: int | None = None,
+    fill: IvfFiller | None = None,
 ) -> tuple[faiss.Index, VectorIndexInfo]:
     """Build the ANN structure for ``vectors`` labelled with ``ids`` (int64 chunk ids).
 
-    Flat (exact) up to ``flat_max`` (default :data:`FLAT_MAX`) vectors; IVF above, with nprobe
-    raised until recall@10 on held-out queries is at least :data:`TARGET_RECALL` (flat again
-    if it never is).
+    Flat (exact) up to ``flat_max`` (default :data:`FLAT_MAX`) vectors; IVF above: lists
+    trained here on a sample (:func:`trained_ivf`), filled by ``fill`` (default
+    :func:`add_serially`; e.g. in parallel on a cluster), then nprobe raised until recall@10
+    on held-out queries is at least :data:`TARGET_RECALL` (flat again if it never is).
     """
     vectors = _as_matrix(vectors)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -124,7 +157,10 @@ def build_vector_index(
         raise InputError(f"{len(ids)} ids for {len(vectors)} vectors")
     if len(vectors) <= (FLAT_MAX if flat_max is None else flat_max):
         return _flat(ids, vectors), VectorIndexInfo("flat", 1.0)
-    index = _ivf(ids, vectors)
+    index = (fill or add_serially)(trained_ivf(vectors), ids, vectors)
+    if index.ntotal != len(ids):
+        raise IndexStoreError(f"the IVF lists hold {index.ntotal} of {len(ids)} vectors")
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
     queries = held_out_queries(vectors)
     truth = _exact_top10(vectors, ids, queries)
     recall = 0.0

@@ -447,3 +447,37 @@ def test_a_foreign_database_exists_and_is_refused_not_replaced(tmp_path):
         Index.open(folder)
     with pytest.raises(IndexStoreError, match="already exists"):
         Index.create(folder, SETTINGS)
+
+
+def test_small_update_does_not_load_the_derived_files(tmp_path, index, rng, monkeypatch):
+    from instructor_search.store import derived, keyword_file
+
+    index.sync_derived()  # writes both files and records their stat
+    loads: list[str] = []
+    for module, name in ((derived.vector_files, "vectors"), (keyword_file, "keywords")):
+        real = module.load
+
+        def counted(*args, _load=real, _name=name, **kwargs):
+            loads.append(_name)
+            return _load(*args, **kwargs)
+
+        monkeypatch.setattr(module, "load", counted)
+    with Index.open(index.path) as writer:  # a new writer process: nothing cached
+        writer.upsert([item("c/new.md", ["brand new zebra text"], rng)])
+        writer.sync_derived()
+    assert loads == []  # the delta stays in the change log, the files untouched
+    query = rng.standard_normal(DIM).astype(np.float32)
+    with Index.open(index.path, readonly=True) as reader:  # readers apply the delta
+        ids = np.array([r[0] for r in reader._db.execute("SELECT id FROM chunks")])
+        assert reader.search_vectors(query, 3)[1][0].tolist() == brute_force(reader, ids, query, 3)
+        assert reader.keyword_search("zebra", 3)[0]
+    assert sorted(loads) == ["keywords", "vectors"]
+    loads.clear()
+    file = index.path / derived.VECTORS_FILE
+    data = file.read_bytes()  # damaged in place: same inode and size, another mtime
+    file.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+    with Index.open(index.path) as writer:
+        writer.upsert([item("c/other.md", ["other text"], rng)])
+        writer.sync_derived()  # not the recorded file: loaded, found damaged, written anew
+        assert vectors.read_generation(file) == writer.generation
+    assert "vectors" in loads

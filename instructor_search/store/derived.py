@@ -63,6 +63,18 @@ def merge_threshold(chunks: int) -> int:
     return max(MERGE_MIN, int(MERGE_FRACTION * chunks))
 
 
+#: A file's identity by stat: (inode, mtime in ns, size).
+Stamp = tuple[int, int, int]
+
+
+def _stamp(file: Path) -> Stamp | None:
+    try:
+        stat = file.stat()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
 def _ids(rows: list[tuple[int]]) -> np.ndarray:
     return np.array(sorted(r[0] for r in rows), dtype=np.int64)
 
@@ -85,7 +97,8 @@ class DerivedFiles:
         self._unsaved: VectorIndexInfo | None = None  # rebuilt, not yet written
         self._keyword_base: keywords.KeywordMatrix | None = None  # as loaded from the file
         self._keywords: keywords.KeywordMatrix | None = None  # the base with its delta
-        self._unreadable: dict[str, tuple[int, int, int]] = {}  # file -> stamp warned about
+        self._unreadable: dict[str, Stamp] = {}  # file -> stamp warned about
+        self._checked: dict[str, tuple[int, Stamp]] = {}  # file -> generation, stamp: whole
         self.build_vectors: VectorBuilder = build_vector_index
 
     # -- the change log (inside the caller's snapshot) ----------------------------------------
@@ -119,6 +132,36 @@ class DerivedFiles:
     def _count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
+    # -- files a writer wrote or checked whole (``derived_files``) ----------------------------
+
+    def _unchanged_and_small(self, name: str, file_generation: int | None, generation: int) -> bool:
+        """Whether file ``name`` is, by its stat, the one a writer recorded in
+        ``derived_files`` (written, or loaded and checksummed, at ``file_generation``), and
+        its delta up to ``generation`` is below the merge threshold: then a writer leaves it
+        as it is without loading it, at a cost of the delta's log rows."""
+        if file_generation is None or not self.changes_since() <= file_generation <= generation:
+            return False
+        row = self._db.execute(
+            "SELECT generation, inode, mtime_ns, size FROM derived_files WHERE name = ?", [name]
+        ).fetchone()
+        if row is None or (row[0], tuple(row[1:])) != (file_generation, _stamp(self.path / name)):
+            return False
+        added, deleted = self._changes(file_generation, generation)
+        return len(added) + len(deleted) <= merge_threshold(self._count())
+
+    def _check(self, name: str, generation: int, stamp: Stamp | None) -> None:
+        if stamp is not None:
+            self._checked[name] = (generation, stamp)
+
+    def checked_files(self) -> list[tuple[str, int, int, int, int]]:
+        """``derived_files`` rows for the files this process wrote or checked whole and that
+        are still those files (a writer records them)."""
+        return [
+            (name, generation, *stamp)
+            for name, (generation, stamp) in self._checked.items()
+            if _stamp(self.path / name) == stamp
+        ]
+
     # -- vectors.faiss -----------------------------------------------------------------------
 
     def vectors(self, generation: int) -> Vectors:
@@ -150,8 +193,9 @@ class DerivedFiles:
             log.info("%s is missing or older than the change log (generation %s, log from %s); "
                      "rebuilding it from %s", file, file_generation, floor, INDEX_FILE)  # fmt: skip
             return None
+        stamp = _stamp(file)
         try:
-            index, _ = vector_files.load(file)
+            index, loaded_generation = vector_files.load(file)
             if index.d != self._dimension:
                 raise VectorFileError(f"{index.d} dimensions, the index has {self._dimension}")
             vectors = self._advance(Vectors(index), file_generation, generation)
@@ -159,7 +203,10 @@ class DerivedFiles:
                 raise VectorFileError(f"{vectors.ntotal} vectors, {INDEX_FILE} other chunks")
         except (OSError, VectorFileError) as exc:
             log.warning("%s is unreadable (%s); rebuilding it from %s", file, exc, INDEX_FILE)
+            self._checked.pop(VECTORS_FILE, None)
             return None
+        if loaded_generation == file_generation:
+            self._check(VECTORS_FILE, file_generation, stamp)
         self._unsaved = None
         return vectors
 
@@ -174,7 +221,12 @@ class DerivedFiles:
     def prepare_vectors(self, generation: int) -> None:
         """Writer side, inside a snapshot: the vectors of ``generation``, rebuilt from SQLite
         when their delta is due for a merge that the index type no longer suits (flat grown
-        past :data:`~.vectors.FLAT_MAX`, IVF lists far from ``4 sqrt(n)``)."""
+        past :data:`~.vectors.FLAT_MAX`, IVF lists far from ``4 sqrt(n)``). Nothing is loaded
+        when the file is the one recorded and its delta small."""
+        if self._vectors is None and self._unchanged_and_small(
+            VECTORS_FILE, self.vectors_generation(), generation
+        ):
+            return
         vectors = self.vectors(generation)
         due = self._unsaved is None and self._merge_due(vectors)
         if due and not self._suits(vectors.index, vectors.ntotal):
@@ -199,6 +251,7 @@ class DerivedFiles:
             log.info("merging %d changed vectors into %s", vectors.delta, file)
             vectors = Vectors(merged(vectors, base))
         vector_files.save(vectors.index, file, generation)
+        self._check(VECTORS_FILE, generation, _stamp(file))
         self._vectors = (generation, vectors)
         if self._unsaved is not None:
             record(self._unsaved)
@@ -253,11 +306,9 @@ class DerivedFiles:
             return None
         if self._keyword_base is not None and self._keyword_base.generation == file_generation:
             return self._keyword_base
-        try:
-            stat = file.stat()
-        except OSError:
+        stamp = _stamp(file)
+        if stamp is None:
             return None
-        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if self._unreadable.get(KEYWORDS_FILE) == stamp:  # warned about this very file already
             return None
         try:
@@ -267,16 +318,17 @@ class DerivedFiles:
             return None
         if matrix.generation != file_generation:  # replaced by a writer since its header was read
             return None
+        self._check(KEYWORDS_FILE, file_generation, stamp)
         self._keyword_base = matrix
         return matrix
 
-    def _warn_unreadable(self, file: Path, exc: Exception, stamp: tuple | None = None) -> None:
-        if stamp is None:
-            stat = file.stat()
-            stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    def _warn_unreadable(self, file: Path, exc: Exception, stamp: Stamp | None = None) -> None:
+        stamp = stamp or _stamp(file)
         log.warning("%s is unreadable (%s); FTS5 answers keyword searches until a build "
                     "rewrites it", file, exc)  # fmt: skip
-        self._unreadable[KEYWORDS_FILE] = stamp
+        if stamp is not None:
+            self._unreadable[KEYWORDS_FILE] = stamp
+        self._checked.pop(KEYWORDS_FILE, None)
         self._keyword_base = None
 
     def _keyword_delta(
@@ -304,6 +356,10 @@ class DerivedFiles:
         """Writer side, inside a snapshot: a new keyword matrix of ``generation`` built from
         FTS5; ``None`` when ``keywords.bm25`` with its delta holds it and the delta is small,
         or when FTS5 could not be read (logged)."""
+        if self._keywords is None and self._unchanged_and_small(
+            KEYWORDS_FILE, self.keywords_generation(), generation
+        ):
+            return None
         current = self.keywords(generation)
         if current is not None and current.delta_rows <= merge_threshold(current.count):
             return None
@@ -317,6 +373,7 @@ class DerivedFiles:
         """Writer side, outside a snapshot: write ``keywords.bm25`` and keep ``matrix``."""
         file = self.path / KEYWORDS_FILE
         keyword_file.save(matrix, file)
+        self._check(KEYWORDS_FILE, matrix.generation, _stamp(file))
         self._keywords = self._keyword_base = matrix
         log.info("wrote %s (%.1f MB)", file, file.stat().st_size / 1e6)
 

@@ -145,6 +145,25 @@ def m002_changes_and_fields(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m003_derived_files(db: sqlite_utils.Database) -> None:
+    """``derived_files``: each derived file as a writer last wrote or fully checked it (its
+    generation and stat: inode, mtime, size). A later writer whose stat of the file matches
+    knows it is that file, and decides from the change log alone whether it needs a merge,
+    without loading and checksumming it."""
+    db.execute(
+        """
+        CREATE TABLE derived_files (
+            name TEXT PRIMARY KEY,
+            generation INTEGER NOT NULL,
+            inode INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            size INTEGER NOT NULL
+        )
+        """
+    )
+
+
 #: The schema version this software writes: the number of migrations it knows.
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -202,7 +202,8 @@ class IndexReads(IndexFields):
         generation where they need it (a build calls this at its end): a rebuilt or missing
         file is written, a delta grown past the merge threshold is folded in, a small delta is
         left to the change log (readers apply it); then the log is pruned up to what both files
-        hold."""
+        hold. A file that is, by its stat, the one a writer last recorded is not loaded unless
+        its delta is due for a merge: this costs what changed, not the size of the index."""
         if self.readonly:
             raise IndexStoreError(f"{self.path} was opened read-only")
         with self._snapshot():
@@ -212,7 +213,18 @@ class IndexReads(IndexFields):
             matrix = self._derived.build_keywords(self.generation)
         if matrix is not None:
             self._derived.save_keywords(matrix)
+        self._record_checked_files()
         self._prune_changes()
+
+    def _record_checked_files(self) -> None:
+        """Record in ``derived_files`` the derived files this process wrote or checked whole,
+        so the next writer can trust them by their stat."""
+        rows = self._derived.checked_files()
+        if rows:
+            with self._write():
+                self._db.conn.executemany(
+                    "INSERT OR REPLACE INTO derived_files VALUES (?, ?, ?, ?, ?)", rows
+                )
 
     def use_vector_builder(self, builder: VectorBuilder | None) -> None:
         """Build ``vectors.faiss`` with ``builder`` from now on (``None``: the default,

@@ -50,10 +50,7 @@ ROWS_PER_FILE = 100_000
 
 def write_shards(folder: Path, size: int, model: Instructor, texts, base) -> Path:
     """``size`` chunks as a shard folder (cached)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from instructor_search.store.shards import _schema
+    from instructor_search.store.shards import write_shard
 
     if (folder / MANIFEST).is_file():
         return folder
@@ -64,7 +61,6 @@ def write_shards(folder: Path, size: int, model: Instructor, texts, base) -> Pat
     chunking = ChunkSettings()
     manifest = ShardManifest(model.model_name, model.fingerprint, model.dimension, "", "",
                              chunking.chunk_tokens, chunking.chunk_overlap)  # fmt: skip
-    schema = _schema(pa, model.dimension)
     rng = np.random.default_rng(0)
     for part, start in enumerate(range(0, size, ROWS_PER_FILE)):
         ids = np.arange(start, min(size, start + ROWS_PER_FILE))
@@ -89,10 +85,7 @@ def write_shards(folder: Path, size: int, model: Instructor, texts, base) -> Pat
             ends,
             chunk_texts,
         ]
-        arrays = [pa.array(c, type=schema.field(i).type) for i, c in enumerate(columns)]
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(noisy.ravel()), model.dimension)
-        pq.write_table(pa.Table.from_arrays([*arrays, embedding], schema=schema),
-                       folder / f"part-{part:05d}.parquet")  # fmt: skip
+        write_shard(folder / f"part-{part:05d}.parquet", columns, noisy)
         log(f"  shard part {part}: {len(ids)} chunks")
     (folder / MANIFEST).write_text(json.dumps(manifest.to_json()))
     return folder
@@ -110,21 +103,15 @@ def disk(path: Path, chunks: int) -> list[str]:
 
 def one_document_shard(folder: Path, index: Path, doc_id: str, text: str, model) -> Path:
     """A shard folder holding one document (new or changed) with real embeddings."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from instructor_search.store.shards import _schema
+    from instructor_search.store.shards import write_shard
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     with Index.open(index, readonly=True) as ix:
         manifest = ShardManifest.of(ix.settings)
-    schema = _schema(pa, manifest.dimension)
     vector = model.embed([text])
     columns = [[doc_id], [f"hash-{text}"], ["t"], ["/x"], ["{}"], [0], [0], [len(text)], [text]]
-    arrays = [pa.array(c, type=schema.field(i).type) for i, c in enumerate(columns)]
-    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vector.ravel()), manifest.dimension)
-    pq.write_table(pa.Table.from_arrays([*arrays, embedding], schema=schema), folder / "a.parquet")
+    write_shard(folder / "a.parquet", columns, vector)
     (folder / MANIFEST).write_text(json.dumps(manifest.to_json()))
     return folder
 

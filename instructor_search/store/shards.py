@@ -12,7 +12,8 @@ file, ordinals ``0..n-1``. :func:`read_shard` checks a file and yields its docum
 that cannot be read (truncated, a missing or mistyped column, another dimension) is one
 :class:`ShardFailure`, a bad document (NaN or zero vectors, ordinals missing or repeated, rows
 that disagree on the document's fields) is another, named by file, rows and field, and nothing
-of it is stored. :func:`export_shards` writes an index back out.
+of it is stored. :func:`write_shard` and :func:`write_manifest` write one, and
+:func:`export_shards` writes an index back out.
 
 Shards carry chunk texts and spans, not the document's whole text: a document read from a shard
 is its chunks laid at their ``start`` offsets, with anything between them (whitespace the
@@ -25,7 +26,7 @@ pyarrow is imported only here, when shards are read or written.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -289,13 +290,36 @@ def _schema(pa: Any, dimension: int) -> pa.Schema:
     return pa.schema(columns)
 
 
+def write_shard(file: str | Path, columns: Sequence[Sequence[Any]], embeddings: np.ndarray) -> None:
+    """Write one Parquet shard file: ``columns`` holds the values of :data:`COLUMNS` up to
+    ``text``, in that order, one per chunk, and ``embeddings`` their float32 vectors (one row
+    each; the manifest's dimension). All chunks of a document go in the same file."""
+    pa = _arrow()
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if len(columns) != len(COLUMNS) - 1 or embeddings.ndim != 2:
+        raise InputError(
+            f"a shard file takes {len(COLUMNS) - 1} columns and an (n, dimension) matrix, got "
+            f"{len(columns)} columns and shape {embeddings.shape}"
+        )
+    dimension = embeddings.shape[1]
+    schema = _schema(pa, dimension)
+    arrays = [pa.array(column, type=schema.field(i).type) for i, column in enumerate(columns)]
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)), dimension)
+    pa.parquet.write_table(pa.Table.from_arrays([*arrays, embedding], schema=schema), file)
+
+
+def write_manifest(folder: str | Path, manifest: ShardManifest) -> None:
+    """Write ``manifest.json`` into the shard folder ``folder``."""
+    text = json.dumps(manifest.to_json(), indent=2) + "\n"
+    (Path(folder) / MANIFEST).write_text(text, encoding="utf-8")
+
+
 def export_shards(
     index: Index, out: str | Path, rows_per_file: int = ROWS_PER_FILE
 ) -> ExportReport:
     """Write every document of ``index`` with its chunks and embeddings to the shard folder
     ``out`` (created; it must not hold shards already). Documents without chunks have no
     rows and are not written."""
-    pa = _arrow()
     out = Path(out)
     if (out / MANIFEST).exists() or any(out.glob("*.parquet")):
         raise InputError(f"{out} already holds shards; export into a new or empty folder")
@@ -303,19 +327,16 @@ def export_shards(
         raise InputError(f"rows_per_file must be at least 1, got {rows_per_file}")
     out.mkdir(parents=True, exist_ok=True)
     manifest = ShardManifest.of(index.settings)
-    schema = _schema(pa, manifest.dimension)
     files: list[str] = []
     documents = chunks = 0
     with index.snapshot():
         for rows in index.chunk_rows(rows_per_file):
             file = out / f"part-{len(files):05d}.parquet"
             flat = np.frombuffer(b"".join(r[-1] for r in rows), dtype=np.float32)
-            arrays = [pa.array([r[i] for r in rows], type=schema.field(i).type) for i in range(9)]
-            embedding = pa.FixedSizeListArray.from_arrays(pa.array(flat), manifest.dimension)
-            table = pa.Table.from_arrays([*arrays, embedding], schema=schema)
-            pa.parquet.write_table(table, file)
+            columns = [[r[i] for r in rows] for i in range(len(COLUMNS) - 1)]
+            write_shard(file, columns, flat.reshape(len(rows), manifest.dimension))
             files.append(str(file))
             documents += len({r[0] for r in rows})
             chunks += len(rows)
-    (out / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
+    write_manifest(out, manifest)
     return ExportReport(documents, chunks, files)

@@ -2,7 +2,8 @@
 
 Work is committed in batches of documents, each batch one SQLite transaction, so a build
 killed at any moment leaves the index at its last committed batch; rerunning the same build
-skips every document already stored with the same content hash. Vectors embedded for a pool
+skips every document already stored with the same content hash (and, unless asked to rehash,
+every file whose size and modification time are those stored: :mod:`.diff`). Vectors embedded for a pool
 whose documents are not committed yet are kept in the build journal (:mod:`.journal`) slice
 by slice, so a rerun re-embeds at most the slice that was in flight.
 """
@@ -27,11 +28,11 @@ from instructor_search.errors import IndexStoreError, InputError
 from instructor_search.store.index import INDEX_FILE, CollectionSettings, Index
 
 from .chunking import Chunker, ChunkSettings
-from .doc_ids import DocumentIds, under
+from .diff import changed_documents, changed_paths, gone, scan_sources
 from .embedding import embed_and_store
 from .journal import JOURNAL_FILE, discard
-from .progress import LOADING, READING, BuildProgress, ProgressBars, ProgressCallback
-from .readers import ReaderSettings, ReadFailure, Skipped, checked_source, scan
+from .progress import LOADING, BuildProgress, ProgressBars, ProgressCallback
+from .readers import ReaderSettings, ReadFailure, Skipped, checked_source
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ class BuildSettings:
     #: embedded, so a crash re-embeds at most one slice (:data:`EMBED_SLICE` chunks).
     pool_chunks: int = 1024
     rebuild: bool = False
+    #: Read and hash every file. Without it a file whose size and modification time are the
+    #: ones stored is kept unread, which misses a file rewritten with both unchanged.
+    rehash: bool = False
     #: Encoder backend: "auto" (ONNX Runtime if it passes its fidelity gate), "torch", "onnx".
     backend: str = "auto"
     #: "auto" (bf16 on CPUs that have it, once it passes its fidelity gate), "fp32", "bf16".
@@ -69,6 +73,9 @@ class BuildReport:
     documents_deleted: int = 0
     documents_unchanged: int = 0
     documents_failed: int = 0
+    #: Files whose documents were kept as stored without opening them (same size and
+    #: modification time; in a watch batch, also record files that no event named).
+    files_not_read: int = 0
     #: Chunks the model embedded in this build.
     chunks_embedded: int = 0
     #: Chunks whose vectors a killed build had embedded (taken from the journal, not embedded).
@@ -89,16 +96,6 @@ class BuildReport:
         return data
 
 
-@dataclass
-class _Scan:
-    """The corpus as scanned: documents to embed, ids seen, and files that failed."""
-
-    pending: list[tuple[Document, bool]] = field(default_factory=list)  # (doc, is_update)
-    seen: set[str] = field(default_factory=set)
-    roots: list[Path] = field(default_factory=list)
-    failed_files: set[str] = field(default_factory=set)
-
-
 def build(
     sources: Sequence[str | os.PathLike[str]],
     index_path: str | os.PathLike[str],
@@ -108,22 +105,30 @@ def build(
     show_progress: bool = False,
     on_progress: ProgressCallback | None = None,
     engine: str | RaySettings = "local",
+    changed: Iterable[str | os.PathLike[str]] | None = None,
 ) -> BuildReport:
     """Bring the index at ``index_path`` in line with ``sources`` (folders, files, record files).
 
     New and changed documents are embedded, documents gone from a scanned source are removed,
-    unchanged ones cost a hash comparison. Document ids are unique across sources (see
-    :mod:`.doc_ids`). ``show_progress`` draws bars on stderr; ``on_progress`` gets each
-    :class:`~.progress.BuildProgress` instead. ``engine="ray"`` (or a
-    :class:`~instructor_search.engines.ray_engine.RaySettings`) chunks and embeds on Ray.
+    unchanged ones cost a hash comparison, or nothing when their file's size and modification
+    time are those stored (``settings.rehash`` reads every file). ``changed`` names the paths
+    (files or folders, deleted ones too) that may have changed since the index was last
+    brought in line with ``sources``, as a watcher knows them: the other files it holds
+    documents from are then kept unread, record files included. Document ids are unique
+    across sources (see :mod:`.doc_ids`). ``show_progress`` draws bars on stderr;
+    ``on_progress`` gets each :class:`~.progress.BuildProgress` instead. ``engine="ray"`` (or
+    a :class:`~instructor_search.engines.ray_engine.RaySettings`) chunks and embeds on Ray.
     Returns what was done.
     """
     settings = settings or BuildSettings()
     roots = list(dict.fromkeys(checked_source(source).resolve() for source in sources))
+    named = None if changed is None else changed_paths(changed)
 
     def collect(index: Index, report: BuildReport, progress: ProgressCallback) -> _Collected:
-        found = _scan(roots, settings.reader, index, report, progress)
-        return found.pending, _gone(index, found)
+        found = scan_sources(
+            roots, settings.reader, index, report, progress, rehash=settings.rehash, changed=named
+        )
+        return found.pending, gone(index, found)
 
     progress = _progress(show_progress, on_progress)
     return _run(Path(index_path), settings, model, progress, collect, engine)
@@ -239,20 +244,6 @@ def _build(
     return report
 
 
-def changed_documents(
-    documents: Iterable[Document], stored: dict[str, str], report: BuildReport
-) -> list[tuple[Document, bool]]:
-    """The documents whose content differs from the stored one: ``(document, is_update)``."""
-    pending = []
-    for doc in documents:
-        held = stored.get(doc.id)
-        if held == doc.content_hash:
-            report.documents_unchanged += 1
-        else:
-            pending.append((doc, held is not None))
-    return pending
-
-
 def _collection_settings(
     checkpoint: Checkpoint, settings: BuildSettings, model: Instructor | None
 ) -> CollectionSettings:
@@ -302,58 +293,6 @@ def open_index(
 def _ours(name: str) -> bool:
     """A file name a build of ours makes in an index folder before its index is complete."""
     return name.startswith((INDEX_FILE, JOURNAL_FILE))
-
-
-def _scan(
-    roots: list[Path],
-    reader: ReaderSettings,
-    index: Index,
-    report: BuildReport,
-    progress: ProgressCallback,
-) -> _Scan:
-    """Read every source; failures go in the report (and the log at INFO: the caller prints
-    the report's failures, once)."""
-    found = _Scan(roots=roots)
-    stored, ids = index.document_hashes(), DocumentIds(index.document_sources())
-    read = 0
-    for root in roots:
-        for item in scan(root, reader):
-            read += 1
-            progress(BuildProgress(READING, read, None))
-            if isinstance(item, Skipped):
-                report.skipped.append(item)
-                logger.info("skipped %s: %s", item.path, item.reason)
-            elif isinstance(item, ReadFailure):
-                report.failures.append(item)
-                report.documents_failed += 1
-                found.failed_files.add(str(root / item.path if root.is_dir() else root))
-                where = f"{item.path}:{item.line}" if item.line else item.path
-                logger.info("could not read %s: %s", where, item.reason)
-            elif (doc := ids.assign(item, root)) is None:
-                why = f"id {item.id!r} is held by other sources' documents; give it another id"
-                report.failures.append(ReadFailure(item.metadata.get("path", item.id), None, why))
-                report.documents_failed += 1
-            else:
-                found.seen.add(doc.id)
-                found.pending += changed_documents([doc], stored, report)
-    progress(BuildProgress(READING, read, read))
-    return found
-
-
-def _gone(index: Index, found: _Scan) -> list[str]:
-    """Stored documents that came from a scanned source and are not there any more.
-
-    A document whose file failed to read this time is kept: a broken file loses nothing.
-    """
-    roots = [str(root) for root in found.roots]
-    gone = []
-    for doc_id, source in index.document_sources().items():
-        if doc_id in found.seen or not any(under(source, root) for root in roots):
-            continue
-        if any(under(source, failed) for failed in found.failed_files):
-            continue
-        gone.append(doc_id)
-    return gone
 
 
 def delete_documents(index_path: str | os.PathLike[str], doc_ids: Iterable[str]) -> int:

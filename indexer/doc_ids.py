@@ -31,6 +31,10 @@ class DocumentIds:
         self._stored = stored_sources  # id -> source, of every document in the index
         self._taken: set[str] = set()  # ids given in this build
 
+    def keep(self, doc_id: str) -> None:
+        """Hold ``doc_id`` for a stored document this build keeps without reading it."""
+        self._taken.add(doc_id)
+
     def assign(self, doc: Document, root: Path) -> Document | None:
         """``doc`` under the id it gets (a copy when it changes); ``None`` if it has none."""
         mine = str(root)

@@ -53,6 +53,15 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True)
+class Kept:
+    """A file the scan did not open because its caller keeps what the index holds from it
+    (``scan(keep=...)``): ``path`` as in :class:`Skipped`, ``file`` its absolute path."""
+
+    path: str
+    file: Path
+
+
 class Unreadable(Exception):
     """A file (or one record) that cannot be read: ``args`` are (reason, line)."""
 

@@ -28,6 +28,7 @@ from instructor_search.errors import ReaderError
 
 from .reader_base import (
     FoundFile,
+    Kept,
     ReaderSettings,
     ReadFailure,
     Skipped,
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 _TITLE_CHARS = 200
 
 
-ScanItem = Document | ReadFailure | Skipped
+ScanItem = Document | ReadFailure | Skipped | Kept
 
 
 Reader = Callable[[FoundFile], Iterator[Document | ReadFailure]]
@@ -53,13 +54,16 @@ Reader = Callable[[FoundFile], Iterator[Document | ReadFailure]]
 def scan(
     source: Path | str,
     settings: ReaderSettings = ReaderSettings(),  # noqa: B008 (it is frozen)
+    keep: Callable[[Path], bool] | None = None,
 ) -> Iterator[ScanItem]:
     """Read a folder (recursively), a single file, or a JSONL/JSON/CSV file of records.
 
-    Raises :class:`ReaderError` at once if ``source`` does not exist; any other problem is
-    yielded as a :class:`ReadFailure` and the scan goes on.
+    A readable file for which ``keep(path)`` is true is yielded as a :class:`Kept` without
+    being opened (an incremental build keeps what it holds from it). Raises
+    :class:`ReaderError` at once if ``source`` does not exist; any other problem is yielded as
+    a :class:`ReadFailure` and the scan goes on.
     """
-    return _scan(checked_source(source), settings)
+    return _scan(checked_source(source), settings, keep)
 
 
 def checked_source(source: Path | str) -> Path:
@@ -76,7 +80,9 @@ def checked_source(source: Path | str) -> Path:
     return Path(os.path.abspath(source))
 
 
-def _scan(source: Path, settings: ReaderSettings) -> Iterator[ScanItem]:
+def _scan(
+    source: Path, settings: ReaderSettings, keep: Callable[[Path], bool] | None
+) -> Iterator[ScanItem]:
     seen: dict[str, str] = {}  # document id -> where it was first seen
     found: Iterable[tuple[Path, str] | ReadFailure | Skipped]
     if source.is_dir():
@@ -88,7 +94,11 @@ def _scan(source: Path, settings: ReaderSettings) -> Iterator[ScanItem]:
     for item in found:
         if not isinstance(item, tuple):
             yield item
-        elif _selected(item[1], settings):
+        elif not _selected(item[1], settings):
+            continue
+        elif keep is not None and _reader(item[1]) is not None and keep(item[0]):
+            yield Kept(item[1], item[0])
+        else:
             yield from _read(*item, settings, seen)
 
 
@@ -162,7 +172,7 @@ def _read(
 ) -> Iterator[ScanItem]:
     """Read one file with the reader for its extension; failures become items."""
     ext = PurePosixPath(rel).suffix.lower()
-    reader = _READERS.get(ext)
+    reader = _reader(rel)
     if reader is None:
         what = f"unknown extension {ext}" if ext else "no file extension"
         yield Skipped(rel, f"{what}; readable types: {', '.join(sorted(_READERS))}")
@@ -179,6 +189,11 @@ def _read(
         yield ReadFailure(rel, None, "permission denied; make the file readable or exclude it")
     except OSError as exc:
         yield ReadFailure(rel, None, f"cannot read the file ({exc.strerror or exc})")
+
+
+def _reader(rel: str) -> Reader | None:
+    """The reader for a file's extension, if there is one."""
+    return _READERS.get(PurePosixPath(rel).suffix.lower())
 
 
 def _check_unique(doc: Document, rel: str, seen: dict[str, str]) -> Document | ReadFailure:

@@ -3,9 +3,12 @@
 A :class:`Watcher` listens to file events (watchdog), waits for a burst of them to go quiet
 (``debounce``) and for the changed files to stop growing (``stable``), then runs the same
 incremental :func:`~instructor_search.indexer.build.build` over the sources: added and edited
-files are embedded, deleted ones removed, a rename is both; unchanged files cost a hash. One
-batch is one build, so stopping between batches (Ctrl+C) leaves nothing half done, and a
-build interrupted anyway leaves the index at its last committed transaction.
+files are embedded, deleted ones removed, a rename is both. The first build scans everything
+(what changed while nobody watched); a batch's build is told the paths its events named, so
+it reads only those and keeps every other file as stored (files whose size or modification
+time moved without an event are read too). One batch is one build, so stopping between
+batches (Ctrl+C) leaves nothing half done, and a build interrupted anyway leaves the index at
+its last committed transaction; the paths of a batch that failed go into the next one.
 """
 
 from __future__ import annotations
@@ -102,6 +105,8 @@ class Watcher:
         self._stopped = threading.Event()
         self._events = threading.Condition()
         self._changed: set[str] = set()
+        #: The paths of batches whose build failed; ``None`` while a full scan is due.
+        self._unapplied: set[str] | None = None
         self._last_event = 0.0
 
     def run(self) -> None:
@@ -114,11 +119,11 @@ class Watcher:
             observer.schedule(handler, str(folder), recursive=recursive)
         observer.start()  # before the first build: what changes during it is seen
         try:
-            self._apply()
+            self._apply(None)
             self.ready.set()
             while (batch := self._next_batch()) is not None:
                 log.info("%d changed path(s): %s", len(batch), ", ".join(sorted(batch)[:5]))
-                self._apply()
+                self._apply(batch)
         finally:
             self.ready.set()
             observer.stop()
@@ -185,7 +190,13 @@ class Watcher:
 
     # -- building ----------------------------------------------------------------------------
 
-    def _apply(self) -> None:
+    def _apply(self, changed: set[str] | None) -> None:
+        """One build: of everything (``None``, or while a full one is due), or of the paths a
+        batch's events named with those of batches that failed."""
+        if changed is not None and self._unapplied is not None:
+            changed = changed | self._unapplied
+        else:
+            changed = None
         try:
             if self._model is None:  # loaded once, here: a batch then costs what changed
                 self._model = Instructor(
@@ -193,12 +204,16 @@ class Watcher:
                     backend=self.settings.backend,
                     precision=self.settings.precision,
                 )
-            report = build(self.sources, self.index_path, self.settings, model=self._model)
+            report = build(
+                self.sources, self.index_path, self.settings, model=self._model, changed=changed
+            )
         except InstructorSearchError as error:
+            self._unapplied = changed  # tried again with the next batch
             log.error("watch batch failed: %s", error)
             if self.on_error is not None:
                 self.on_error(error)
             return
+        self._unapplied = set()
         log.info("watch batch: %s", summary(report))
         if self.on_batch is not None:
             self.on_batch(report)

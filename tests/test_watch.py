@@ -100,6 +100,30 @@ def test_added_edited_renamed_and_deleted_files_are_applied(tmp_path, tiny):
     assert sum(r.documents_deleted for r in reports) == 3
 
 
+def test_a_batch_reads_only_the_files_its_events_name(tmp_path, tiny):
+    docs, index = tmp_path / "docs", tmp_path / "index"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Apples\n\nApples grow in orchards.\n")
+    (docs / "b.md").write_text("# Bananas\n\nBananas ripen in the kitchen.\n")
+    records = docs / "fruit.jsonl"
+    records.write_text(
+        '{"_id": "r1", "text": "Cherries are red."}\n{"_id": "r2", "text": "Figs."}\n'
+    )
+    with watching([docs], index, tiny) as reports:
+        assert reports[0].documents_added == 4
+        records.write_text('{"_id": "r1", "text": "Cherries and a quokka."}\n')
+        eventually(lambda: "quokka" in stored(index)["r1"])
+        assert "r2" not in stored(index)
+        (docs / "a.md").write_text("# Apples\n\nApples and a zebra.\n")
+        eventually(lambda: "zebra" in stored(index)["a.md"])
+    batches = reports[1:]
+    assert sum(r.documents_updated for r in batches) == 2
+    assert sum(r.documents_deleted for r in batches) == 1
+    # b.md was never read again, nor the record file once a batch no longer named it
+    assert all(r.files_not_read >= 1 for r in batches), [r.files_not_read for r in batches]
+    assert batches[-1].files_not_read == 2
+
+
 def test_a_file_written_slowly_is_not_read_half(tmp_path, tiny):
     docs, index = tmp_path / "docs", tmp_path / "index"
     docs.mkdir()

@@ -80,6 +80,13 @@ from .common import (
     "--rebuild", is_flag=True, help="Start over: delete the index there and embed everything."
 )
 @click.option(
+    "--rehash",
+    is_flag=True,
+    help="Read and hash every file. By default a file whose size and modification time are "
+    "the ones the index holds is not read (as make and rsync decide), which misses a file "
+    "rewritten with both unchanged.",
+)
+@click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -126,6 +133,7 @@ def build(
     commit_every: int,
     pool_chunks: int,
     rebuild: bool,
+    rehash: bool,
     engine: str,
     ray_address: str | None,
     workers: int | None,
@@ -139,7 +147,8 @@ def build(
     """Index SOURCES (folders, files, JSONL/CSV record files) into an index folder.
 
     Reruns are incremental: only new or changed documents are embedded, and documents gone
-    from a scanned source are removed.
+    from a scanned source are removed. A file whose size and modification time are those
+    stored is not even read (--rehash reads and hashes every file).
 
     \b
     Example:
@@ -162,6 +171,7 @@ def build(
         commit_documents=commit_every,
         pool_chunks=pool_chunks,
         rebuild=rebuild,
+        rehash=rehash,
         backend=backend,
         precision=precision,
     )

@@ -12,7 +12,7 @@ import pytest
 
 from instructor_search.documents import Chunk, Document
 from instructor_search.indexer.build import BuildSettings, build, delete_documents
-from instructor_search.store import derived, keyword_file, keywords
+from instructor_search.store import derived, keyword_file, keyword_topk, keywords
 from instructor_search.store.index import KEYWORDS_FILE, CollectionSettings, Index
 
 DIM = 8
@@ -197,7 +197,46 @@ def test_top_k_selection_against_a_full_sort():
         totals[rng.random(n) < rng.random()] = 0.0  # rows without a hit
         k = int(rng.choice([1, 2, 10, 100, 1000, n + 5]))
         order = sorted(np.flatnonzero(totals).tolist(), key=lambda i: (-totals[i], i))[:k]
-        assert keywords._best(totals, k).tolist() == order
+        assert keyword_topk.best_positions(totals, k).tolist() == order
+
+
+def test_maxscore_gives_the_full_sums_rows_and_doubles():
+    """Terms left out where they cannot matter: the same rows, ties and scores (bit for bit) as
+    summing every posting, with and without an allow-list, rare and common terms mixed."""
+    rng = np.random.default_rng(11)
+    pruned = 0  # queries where rows were left out unscored
+    for trial in range(150):
+        size = int(rng.integers(50, 20_000))
+        terms = []
+        for _ in range(int(rng.integers(1, 9))):
+            df = max(1, int(size * rng.choice([0.0005, 0.003, 0.02, 0.2, 0.7, 1.0])))
+            rows = np.sort(rng.choice(size, size=df, replace=False))
+            scores = rng.random(df) * rng.choice([0.01, 1.0, 6.0])
+            if trial % 4 == 0:
+                scores = np.round(scores, 1) + 0.1  # many ties
+            terms.append(keyword_topk.TermPostings(rows, scores, float(scores.max())))
+        if trial % 5 == 1:
+            terms.append(terms[0])  # a word twice: two phrases, counted twice
+        allowed = None
+        if trial % 3 == 2:
+            allowed = np.sort(rng.choice(size, size=int(rng.integers(1, size)), replace=False))
+        for k in (1, 10, 101, size + 3):
+            got = keyword_topk.top_rows(terms, k, size, allowed)
+            want = every_posting(terms, k, size, allowed)
+            np.testing.assert_array_equal(got[0], want[0])
+            assert got[1].tobytes() == want[1].tobytes()
+            pruned += len(terms) > 1 and len(got[0]) == k < size
+    assert pruned > 100
+
+
+def every_posting(terms, k, size, allowed):
+    """The reference: every posting of every term summed, in query order."""
+    rows = np.concatenate([t.rows for t in terms])
+    totals = np.bincount(rows, weights=np.concatenate([t.scores for t in terms]), minlength=size)
+    if allowed is not None:
+        totals = totals[allowed]
+    best = keyword_topk.best_positions(totals, k)
+    return (best if allowed is None else allowed[best]), totals[best]
 
 
 def test_empty_and_whitespace_queries(index, fts5_calls):

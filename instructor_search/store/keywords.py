@@ -16,12 +16,12 @@ over all columns and ``avgdl`` the mean of ``D``. The matrix stores each posting
 frequency ``f(t, r)`` (multiples of the column weights 1 and 0.5: exact in float32) and each
 row's ``D``; a query computes its terms' contributions from the current ``N``, ``n_t`` and
 ``avgdl`` in the same float64 operations in the same order as FTS5 (cached per term), and sums
-them with :func:`numpy.bincount` in phrase order, as FTS5 does, so the scores are the same
-doubles. Two words stemming to one term are two phrases and count twice. Because nothing stored
-depends on the collection's statistics, rows added or deleted since the file was written are a
-small delta (:meth:`KeywordMatrix.with_delta`: the added rows' postings, the deleted rows'
-postings subtracted from ``N``, ``n_t`` and ``avgdl``), tokenised by FTS5 in memory
-(:func:`build_rows`).
+them in phrase order, as FTS5 does, so the scores are the same doubles; the top rows are found
+without summing the common words' long postings everywhere (:mod:`.keyword_topk`). Two words
+stemming to one term are two phrases and count twice. Because nothing stored depends on the
+collection's statistics, rows added or deleted since the file was written are a small delta
+(:meth:`KeywordMatrix.with_delta`: the added rows' postings, the deleted rows' postings
+subtracted from ``N``, ``n_t`` and ``avgdl``), tokenised by FTS5 in memory (:func:`build_rows`).
 
 Tokens come from FTS5 itself: the document side from an ``fts5vocab`` ``instance`` table over
 ``chunks_fts``; the query side by inserting each word into an in-memory FTS5 table made with the
@@ -56,6 +56,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import IndexStoreError
+from .keyword_topk import TermPostings, top_rows
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ log = logging.getLogger(__name__)
 K1, B = 1.2, 0.75
 #: Instances of terms read from FTS5 per query while building (bounds the memory used).
 SLICE_INSTANCES = 4_000_000
-#: Top-k selection bounds the k-th best score from every SAMPLE_STEP-th row first.
-SAMPLE_STEP = 8
 #: Terms whose BM25 contributions a matrix keeps computed (the common words of queries).
 SCORE_CACHE_TERMS = 256
 
@@ -164,7 +163,7 @@ class KeywordMatrix:
         avgdl = float(total) / float(self.count) if self.count else 1.0
         every = self.lengths if self.added is None else np.r_[self.lengths, self.added.lengths]
         self._norm = K1 * ((1 - B) + (B * every.astype(np.float64)) / avgdl)
-        self._scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._scores: dict[int, TermPostings] = {}
 
     def with_delta(
         self, generation: int, added: KeywordMatrix | None, deleted: KeywordMatrix | None
@@ -186,9 +185,9 @@ class KeywordMatrix:
         """Rows added or deleted since the saved matrix (what a merge would fold in)."""
         return sum(len(m.chunk_ids) for m in (self.added, self.deleted) if m is not None)
 
-    def _postings(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """(row positions, BM25 contributions) of ``term`` now, as fts5Bm25Function computes
-        them; ``None`` when no live row holds it."""
+    def _postings(self, term: str) -> TermPostings | None:
+        """The row positions holding ``term`` now and its BM25 contributions to them, as
+        fts5Bm25Function computes them; ``None`` when no live row holds it."""
         at = self._term.get(term)
         key = -1 if at is None else at
         if key in self._scores and at is not None:
@@ -220,11 +219,12 @@ class KeywordMatrix:
         freq += self._norm[rows]
         scores /= freq
         scores *= _idf(self.count, int(df))
+        postings = TermPostings(rows, scores, float(scores.max()))
         if at is not None:
-            self._scores[key] = (rows, scores)
+            self._scores[key] = postings
             while len(self._scores) > SCORE_CACHE_TERMS:
                 del self._scores[next(iter(self._scores))]
-        return rows, scores
+        return postings
 
     def search(
         self, words: Sequence[str], k: int, allowed: np.ndarray | None = None
@@ -238,36 +238,16 @@ class KeywordMatrix:
         found = [p for p in (self._postings(t[0]) for t in tokens) if p is not None]
         if not found:
             return []
-        rows = np.concatenate([p[0] for p in found])
-        weights = np.concatenate([p[1] for p in found])
-        totals = np.bincount(rows, weights=weights, minlength=len(self.chunk_ids))
-        if allowed is None:
-            candidates = None
-        else:
+        candidates = None
+        if allowed is not None:
             allowed = np.asarray(allowed, dtype=np.int64)
             at = np.searchsorted(self.chunk_ids, allowed)
             held = at < len(self.chunk_ids)
-            candidates = at[held][self.chunk_ids[at[held]] == allowed[held]]
-            totals = totals[candidates]
-        best = _best(totals, k)
-        positions = best if candidates is None else candidates[best]
+            candidates = np.unique(at[held][self.chunk_ids[at[held]] == allowed[held]])
+        positions, totals = top_rows(found, k, len(self.chunk_ids), candidates)
         return [
-            (int(c), float(s))
-            for c, s in zip(self.chunk_ids[positions].tolist(), totals[best].tolist())
+            (int(c), float(s)) for c, s in zip(self.chunk_ids[positions].tolist(), totals.tolist())
         ]
-
-
-def _best(totals: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest positive ``totals``, largest first, ties by index."""
-    # A lower bound of the k-th largest value: the k-th largest of every SAMPLE_STEP-th value
-    # (a partition of n / SAMPLE_STEP values, not n); only values at or above it are ranked.
-    sample = totals[::SAMPLE_STEP] if len(totals) >= 2 * SAMPLE_STEP * k else totals
-    floor = np.partition(sample, len(sample) - k)[len(sample) - k] if k < len(sample) else 0.0
-    top = np.flatnonzero(totals >= floor) if floor > 0 else np.flatnonzero(totals)
-    if len(top) > k:
-        kth = np.partition(totals[top], len(top) - k)[len(top) - k]
-        top = top[totals[top] >= kth]
-    return top[np.lexsort((top, -totals[top]))[:k]]
 
 
 # -- building from FTS5 ------------------------------------------------------------------------

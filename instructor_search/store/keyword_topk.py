@@ -1,0 +1,99 @@
+"""The exact top ``k`` rows of a keyword query without summing every posting (MaxScore).
+
+A row's score is a sum over the query's terms of the term's contribution to that row
+(:mod:`.keywords`). Common words hold postings in most rows but contribute little, and summing
+them all is what a query at a million chunks spends its time on. MaxScore (Turtle and Flood,
+1995) leaves them out where they cannot matter: with the terms taken from the rarest, once the
+rarer terms give ``k`` rows a partial score of at least ``theta``, a row can only reach the top
+``k`` if its partial score plus the other terms' largest contributions is at least ``theta``;
+rows that no rarer term touches, and touched rows too far below, are never scored. The
+remaining candidates are then summed over every term in the query's order, the order of
+:func:`numpy.bincount` over all postings, so their scores are the same doubles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+#: Top-k selection bounds the k-th best score from every SAMPLE_STEP-th row first.
+SAMPLE_STEP = 8
+#: Partial sums are taken in another order than the final ones: prune with this margin.
+MARGIN = 1e-9
+#: Rough costs, in additions of one posting: scoring one candidate row over all terms, and
+#: looking one row up in a term's postings (a binary search).
+TERM_COST = 32
+LOOKUP_COST = 8
+
+
+class TermPostings(NamedTuple):
+    """One query term: the row positions holding it (ascending), its contribution to each,
+    and the largest contribution."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    bound: float
+
+
+def top_rows(
+    terms: Sequence[TermPostings], k: int, size: int, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(row positions, totals)`` of the ``k`` rows of largest positive total over ``terms``
+    (in query order), best first, ties by position; ``allowed`` (row positions) restricts the
+    rows. ``size`` is the number of rows."""
+    order = sorted(range(len(terms)), key=lambda i: len(terms[i].rows))
+    rest = [*np.cumsum([terms[i].bound for i in reversed(order)])[::-1].tolist(), 0.0]
+    mask = None
+    if allowed is not None:
+        mask = np.zeros(size, dtype=bool)
+        mask[allowed] = True
+    partial = np.zeros(size)
+    theta, used = 0.0, 0
+    while used < len(order):
+        term = terms[order[used]]
+        if theta > 0 and rest[used] < theta * (1 - MARGIN):  # the other terms alone fall short
+            left = np.count_nonzero(partial >= theta * (1 - MARGIN) - rest[used])
+            if len(term.rows) > TERM_COST * left:  # cheaper to score those rows than add it
+                break
+        partial[term.rows] += term.scores  # a term's rows are distinct
+        used += 1
+        rows = term.rows if mask is None else term.rows[mask[term.rows]]
+        if len(rows) >= k:  # the k-th best of some rows bounds the k-th best of all from below
+            theta = max(theta, float(np.partition(partial[rows], len(rows) - k)[len(rows) - k]))
+    floor = theta * (1 - MARGIN) - rest[used]  # a row below it cannot reach the k-th best
+    candidates = np.flatnonzero(partial >= floor) if floor > 0 else np.flatnonzero(partial)
+    if mask is not None:
+        candidates = candidates[mask[candidates]]
+    totals = np.zeros(len(candidates))
+    for term in terms:  # in query order: the additions a full sum makes, the same doubles
+        totals += _contributions(term, candidates, partial)
+    best = best_positions(totals, k)
+    return candidates[best], totals[best]
+
+
+def _contributions(term: TermPostings, rows: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """``term``'s contribution to each of ``rows`` (ascending; 0 where it is absent): looked
+    up in its postings, or for a short term spread into ``scratch`` (a row-sized array whose
+    values do not matter) and gathered."""
+    if len(term.rows) > LOOKUP_COST * len(rows):
+        at = np.searchsorted(term.rows, rows)
+        at[at == len(term.rows)] = 0
+        return np.where(term.rows[at] == rows, term.scores[at], 0.0)
+    scratch[rows] = 0.0
+    scratch[term.rows] = term.scores
+    return scratch[rows]
+
+
+def best_positions(totals: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest positive ``totals``, largest first, ties by index."""
+    # A lower bound of the k-th largest value: the k-th largest of every SAMPLE_STEP-th value
+    # (a partition of n / SAMPLE_STEP values, not n); only values at or above it are ranked.
+    sample = totals[::SAMPLE_STEP] if len(totals) >= 2 * SAMPLE_STEP * k else totals
+    floor = np.partition(sample, len(sample) - k)[len(sample) - k] if k < len(sample) else 0.0
+    top = np.flatnonzero(totals >= floor) if floor > 0 else np.flatnonzero(totals)
+    if len(top) > k:
+        kth = np.partition(totals[top], len(top) - k)[len(top) - k]
+        top = top[totals[top] >= kth]
+    return top[np.lexsort((top, -totals[top]))[:k]]

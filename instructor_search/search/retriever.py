@@ -371,15 +371,14 @@ class Retriever:
         tied = [cid for cid, score in ranking if counts[score] > 1]
         if not tied:
             return ranking
-        keys = {r.chunk_id: (r.doc_id, r.ordinal) for r in self.index.chunks(tied)}
-        return stable_order(ranking, keys)
+        return stable_order(ranking, self.index.chunk_places(tied))
 
     def _best_per_document(self, ranking: list[tuple[int, float]]) -> list[tuple[int, float]]:
-        doc_of = {r.chunk_id: r.doc_id for r in self.index.chunks([c for c, _ in ranking])}
+        places = self.index.chunk_places([c for c, _ in ranking])
         seen: set[str] = set()
         best = []
         for chunk_id, score in ranking:
-            doc = doc_of.get(chunk_id)
+            doc = places.get(chunk_id, (None, 0))[0]
             if doc is not None and doc not in seen:
                 seen.add(doc)
                 best.append((chunk_id, score))

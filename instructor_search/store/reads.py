@@ -80,6 +80,16 @@ class IndexReads(IndexFields):
         return [found[i] for i in wanted if i in found]
 
     @locked
+    def chunk_places(self, chunk_ids: Sequence[int]) -> dict[int, tuple[str, int]]:
+        """``{chunk_id: (doc_id, ordinal)}`` of the known ``chunk_ids``: what ordering and
+        grouping hits needs, without reading texts or metadata."""
+        rows = self._db.execute(
+            "SELECT id, doc_id, ordinal FROM chunks WHERE id IN (SELECT value FROM json_each(?))",
+            [json.dumps([int(i) for i in chunk_ids])],
+        ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    @locked
     def embeddings(self, chunk_ids: Sequence[int]) -> np.ndarray:
         """float32 ``(n, dim)`` embeddings in the given order; InputError on unknown ids."""
         wanted = [int(i) for i in chunk_ids]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from instructor_search.encoder.query import QueryEncoder
 from instructor_search.engines.ray_engine import RaySettings, embed_on_ray, ray_settings
 from instructor_search.errors import IndexStoreError, InputError
 from instructor_search.store.index import INDEX_FILE, CollectionSettings, Index
+from instructor_search.training.output import RECORD_FILE, read_record
 
 from .chunking import Chunker, ChunkSettings
 from .diff import changed_documents, changed_paths, gone, scan_sources
@@ -86,6 +88,9 @@ class BuildReport:
     #: How chunks were embedded when any were: ``Instructor.backend`` and ``.precision``.
     backend: str | None = None
     precision: str | None = None
+    #: Instructions given none and taken from the model's tuning record (a folder written by
+    #: ``instructor-index tune``): ``{"document_instruction": ..., "query_instruction": ...}``.
+    tuned_instructions: dict[str, str] = field(default_factory=dict)
     failures: list[ReadFailure] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
@@ -164,6 +169,11 @@ _Collected = tuple[list[tuple[Document, bool]], list[str]]
 Collector = Callable[[Index, "BuildReport", ProgressCallback], _Collected]
 
 
+#: Models whose query encoder this process saved: ``QueryEncoder.save`` opens an existing one
+#: to return it (0.25 s at load 4), which a watcher's batch need not pay again.
+_QUERY_ENCODER_SAVED: weakref.WeakSet[Instructor] = weakref.WeakSet()
+
+
 def _progress(show: bool, callback: ProgressCallback | None) -> ProgressCallback:
     """The callback a build reports to: the caller's, tqdm bars, or nothing."""
     if callback is not None:
@@ -210,7 +220,7 @@ def _build(
             progress(BuildProgress(LOADING, 1, 1))
         return loaded[0]
 
-    collection = _collection_settings(checkpoint, settings, model)
+    collection, tuned = _collection_settings(checkpoint, settings, model)
 
     def prepared() -> int:  # a new index: the model's dimension, once its chunk window is valid
         loaded_model = the_model()
@@ -221,7 +231,7 @@ def _build(
     index = open_index(index_path, collection, settings.rebuild, prepared)
     if settings.rebuild:
         discard(index_path)  # vectors a killed build of the replaced index had embedded
-    report = BuildReport()
+    report = BuildReport(tuned_instructions=tuned)
     try:
         pending, gone = collect(index, report, progress)
         report.documents_deleted = index.delete(gone)
@@ -231,8 +241,9 @@ def _build(
         elif pending:
             embed_and_store(index, the_model(), collection, settings, pending, report, progress)
         index.sync_derived()
-        if loaded:  # the first search after this build starts without torch (once per model)
-            QueryEncoder.save(loaded[0])
+        if loaded and loaded[0] not in _QUERY_ENCODER_SAVED:  # the first search after this
+            QueryEncoder.save(loaded[0])  # build starts without torch (once per model)
+            _QUERY_ENCODER_SAVED.add(loaded[0])
         stats = index.stats()
         report.documents_total, report.chunks_total = stats.documents, stats.chunks
     finally:
@@ -246,19 +257,46 @@ def _build(
 
 def _collection_settings(
     checkpoint: Checkpoint, settings: BuildSettings, model: Instructor | None
-) -> CollectionSettings:
+) -> tuple[CollectionSettings, dict[str, str]]:
+    """The index's settings, and the instructions among them taken from a tuning record."""
+    given = {
+        "document_instruction": settings.document_instruction,
+        "query_instruction": settings.query_instruction,
+    }
+    tuned = {
+        name: value for name, value in tuned_instructions(checkpoint).items() if given[name] is None
+    }
+    if tuned:
+        logger.info(
+            "Instructions %s were not given: using those %s was tuned with (%s): %s",
+            " and ".join(tuned), checkpoint.name, RECORD_FILE, tuned,
+        )  # fmt: skip
     profile = model.profile if model else profile_for(checkpoint)
-    document = settings.document_instruction
-    query = settings.query_instruction
-    return CollectionSettings(
+    defaults = {
+        "document_instruction": profile.document_instruction,
+        "query_instruction": profile.query_instruction,
+    }
+    chosen = {
+        name: value if value is not None else tuned.get(name, defaults[name])
+        for name, value in given.items()
+    }
+    collection = CollectionSettings(
         model=checkpoint.name,
         model_fingerprint=checkpoint.fingerprint,
         dimension=0,  # known once the model is loaded; checked through the fingerprint
-        document_instruction=profile.document_instruction if document is None else document,
-        query_instruction=profile.query_instruction if query is None else query,
         chunk_tokens=settings.chunk.chunk_tokens,
         chunk_overlap=settings.chunk.chunk_overlap,
+        **chosen,
     )
+    return collection, tuned
+
+
+def tuned_instructions(checkpoint: Checkpoint) -> dict[str, str]:
+    """The instruction pair a model folder written by ``instructor-index tune`` was trained
+    with (its ``instructor-search.json``); empty for any other model."""
+    record = read_record(checkpoint.folder) or {}
+    names = ("document_instruction", "query_instruction")
+    return {name: record[name] for name in names if isinstance(record.get(name), str)}
 
 
 def open_index(

@@ -35,12 +35,14 @@ from .common import (
 @click.option(
     "--document-instruction",
     default=None,
-    help="Instruction paired with every chunk (default: the model profile's).",
+    help="Instruction paired with every chunk (default: the one a model made by `tune` was "
+    "tuned with, else the model profile's).",
 )
 @click.option(
     "--query-instruction",
     default=None,
-    help="Instruction stored for queries (default: the model profile's).",
+    help="Instruction stored for queries (default: the one a model made by `tune` was tuned "
+    "with, else the model profile's).",
 )
 @click.option(
     "--chunk-tokens",
@@ -188,6 +190,9 @@ def build(
     if as_json:
         print_json(report.to_dict())
     elif not quiet:
+        for name, value in report.tuned_instructions.items():
+            side = name.split("_")[0]
+            click.echo(f"{side} instruction: {value!r} (the one {model} was tuned with)")
         click.echo(
             f"{index_path}: {report.documents_added} added, {report.documents_updated} updated, "
             f"{report.documents_deleted} deleted, {report.documents_unchanged} unchanged, "

@@ -225,6 +225,14 @@ def test_maxscore_gives_the_full_sums_rows_and_doubles():
             want = every_posting(terms, k, size, allowed)
             np.testing.assert_array_equal(got[0], want[0])
             assert got[1].tobytes() == want[1].tobytes()
+            tied = keyword_topk.top_rows(terms, k, size, allowed, ties=True)
+            every = every_posting(terms, size, size, allowed)
+            kth = every[1][k - 1] if len(every[1]) >= k else None
+            keep = np.arange(len(every[1])) < k
+            if kth is not None:
+                keep |= every[1] == kth
+            np.testing.assert_array_equal(tied[0], every[0][keep])
+            assert tied[1].tobytes() == every[1][keep].tobytes()
             pruned += len(terms) > 1 and len(got[0]) == k < size
     assert pruned > 100
 
@@ -387,3 +395,30 @@ def test_build_writes_it_and_a_noop_build_does_not(tmp_path, tiny_path, tiny, mo
     with Index.open(path, readonly=True) as reader:
         assert reader.keyword_search("telescopes", 10) == []
     assert os.path.getsize(file) > 0
+
+
+def test_ties_through_the_kth_from_the_matrix_and_from_fts5(tmp_path, fts5_calls):
+    """``ties=True``: the first k, then every other chunk scored as the k-th, both paths."""
+    twins = [
+        (Document(f"t{i:02d}", "zebra crossing", title=""), [Chunk(0, "zebra crossing", 0, 14, 2)],
+         np.eye(1, DIM, dtype=np.float32))
+        for i in range(30)
+    ]  # fmt: skip
+    with Index.create(tmp_path / "ties", SETTINGS) as ix:
+        ix.upsert(corpus(40) + twins)
+        ix.sync_derived()
+        for query in ("zebra", "zebra the", "the of"):
+            truth = fts5_truth(ix.path, query, 10_000)
+            for k in (1, 5, 29, 31):
+                kth = truth[min(k, len(truth)) - 1][1]
+                want = truth[:k] + [hit for hit in truth[k:] if hit[1] == kth]
+                assert ix.keyword_search(query, k, ties=True) == want
+                assert fts5_calls == []
+                (ix.path / KEYWORDS_FILE).rename(tmp_path / "aside")
+                try:
+                    with Index.open(ix.path, readonly=True) as reader:  # FTS5, deepening
+                        assert_same(reader.keyword_search(query, k, ties=True), want)
+                finally:
+                    (tmp_path / "aside").rename(ix.path / KEYWORDS_FILE)
+                assert fts5_calls
+                fts5_calls.clear()

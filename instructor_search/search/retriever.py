@@ -357,13 +357,7 @@ class Retriever:
         self, query: str, depth: int, where: Mapping[str, Any] | None
     ) -> list[tuple[int, float]]:
         """:meth:`Index.keyword_search`, cut between two different scores, ties in stable order."""
-        fetch = depth + 1
-        while True:
-            ranking = self.index.keyword_search(query, fetch, where)
-            closed = through_ties(ranking, depth, fetch)
-            if closed is not None:
-                return self._stable(closed)[:depth]
-            fetch *= 4
+        return self._stable(self.index.keyword_search(query, depth, where, ties=True))[:depth]
 
     def _stable(self, ranking: list[tuple[int, float]]) -> list[tuple[int, float]]:
         """``ranking`` with equal scores ordered by document id, then chunk ordinal."""

@@ -38,11 +38,16 @@ class TermPostings(NamedTuple):
 
 
 def top_rows(
-    terms: Sequence[TermPostings], k: int, size: int, allowed: np.ndarray | None = None
+    terms: Sequence[TermPostings],
+    k: int,
+    size: int,
+    allowed: np.ndarray | None = None,
+    ties: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(row positions, totals)`` of the ``k`` rows of largest positive total over ``terms``
-    (in query order), best first, ties by position; ``allowed`` (row positions) restricts the
-    rows. ``size`` is the number of rows."""
+    (in query order), best first, ties by position; with ``ties``, then every other row whose
+    total equals the k-th's. ``allowed`` (row positions) restricts the rows; ``size`` is the
+    number of rows."""
     order = sorted(range(len(terms)), key=lambda i: len(terms[i].rows))
     rest = [*np.cumsum([terms[i].bound for i in reversed(order)])[::-1].tolist(), 0.0]
     mask = None
@@ -70,6 +75,9 @@ def top_rows(
     for term in terms:  # in query order: the additions a full sum makes, the same doubles
         totals += _contributions(term, candidates, partial)
     best = best_positions(totals, k)
+    if ties and len(best) == k:  # every row tied with the k-th is a candidate
+        tied = np.flatnonzero(totals == totals[best[-1]])
+        best = np.concatenate([best, tied[~np.isin(tied, best)]])
     return candidates[best], totals[best]
 
 

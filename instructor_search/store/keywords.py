@@ -227,11 +227,16 @@ class KeywordMatrix:
         return postings
 
     def search(
-        self, words: Sequence[str], k: int, allowed: np.ndarray | None = None
+        self,
+        words: Sequence[str],
+        k: int,
+        allowed: np.ndarray | None = None,
+        ties: bool = False,
     ) -> list[tuple[int, float]] | None:
         """``(chunk_id, score)`` of the top ``k`` rows for the OR of ``words`` (from
-        :func:`query_words`), best first, ties by chunk id; ``allowed`` (chunk ids) restricts
-        the candidates. ``None`` when a word is not exactly one token: FTS5 must answer."""
+        :func:`query_words`), best first, ties by chunk id (with ``ties``, then every other row
+        scored as the k-th); ``allowed`` (chunk ids) restricts the candidates. ``None`` when a
+        word is not exactly one token: FTS5 must answer."""
         tokens = [word_tokens(self.tokenize, w) for w in words]
         if any(len(t) != 1 for t in tokens):
             return None
@@ -244,7 +249,7 @@ class KeywordMatrix:
             at = np.searchsorted(self.chunk_ids, allowed)
             held = at < len(self.chunk_ids)
             candidates = np.unique(at[held][self.chunk_ids[at[held]] == allowed[held]])
-        positions, totals = top_rows(found, k, len(self.chunk_ids), candidates)
+        positions, totals = top_rows(found, k, len(self.chunk_ids), candidates, ties)
         return [
             (int(c), float(s)) for c, s in zip(self.chunk_ids[positions].tolist(), totals.tolist())
         ]

@@ -167,9 +167,10 @@ class IndexReads(IndexFields):
 
     @locked
     def keyword_search(
-        self, query: str, k: int, where: Mapping[str, Any] | None = None
+        self, query: str, k: int, where: Mapping[str, Any] | None = None, *, ties: bool = False
     ) -> list[tuple[int, float]]:
-        """BM25 keyword search: ``(chunk_id, score)`` best first, score = ``-bm25()``.
+        """BM25 keyword search: ``(chunk_id, score)`` best first, score = ``-bm25()``; with
+        ``ties``, then every other chunk scored as the k-th (the list may be longer than k).
 
         Any string is safe: its words are quoted FTS5 strings joined by OR, so FTS5 and SQL
         syntax in it is searched as text. The keyword matrix answers when ``keywords.bm25``
@@ -183,10 +184,18 @@ class IndexReads(IndexFields):
         with self._snapshot():
             matrix = self._derived.keywords(self.generation)
             allowed = self.matching_chunk_ids(where) if where and matrix else None
-            found = matrix.search(words, int(k), allowed) if matrix else None
+            found = matrix.search(words, int(k), allowed, ties) if matrix else None
             if found is not None:
                 return found
-            return self._fts5_search(words, int(k), where)
+            fetch = int(k) + 1 if ties else int(k)
+            while True:
+                found = self._fts5_search(words, fetch, where)
+                if not ties or len(found) <= k:
+                    return found
+                kth = found[k - 1][1]
+                if len(found) < fetch or found[-1][1] != kth:  # the group tied with the k-th ends
+                    return found[:k] + [hit for hit in found[k:] if hit[1] == kth]
+                fetch *= 4
 
     def _fts5_search(
         self, words: list[str], k: int, where: Mapping[str, Any] | None

@@ -326,6 +326,17 @@ def test_ivf_index_through_the_store(big, rng, monkeypatch):
     assert len(allowed) == 1000
     _, ids = big.search_vectors(queries, 10, where=fifth)
     assert (ids >= 0).all() and set(ids.ravel().tolist()) <= allowed
+    # A filter far from the query (as a folder of another topic is): the lists probed first
+    # hold none of its chunks; probing wider still returns k hits, the best of them.
+    all_ids = np.arange(1, big.stats().chunks + 1)
+    far = all_ids[np.argsort(big.embeddings(all_ids) @ queries[0])[:1200]]
+    docs = sorted({r.doc_id for r in big.chunks(far)})
+    where = {"doc_id": docs}
+    allowed = big.matching_chunk_ids(where)
+    assert len(allowed) > vectors.EXACT_FILTER_MAX
+    _, ids = big.search_vectors(queries[:1], 10, where=where)
+    assert (ids >= 0).all() and set(ids.ravel().tolist()) <= set(allowed.tolist())
+    assert ids[0].tolist() == brute_force(big, allowed, queries[0], 10)
     with Index.open(big.path, readonly=True) as reader:  # loads the IVF file as written
         assert reader.search_vectors(queries, 10)[1].shape == (3, 10)
 

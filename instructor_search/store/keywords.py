@@ -248,7 +248,9 @@ class KeywordMatrix:
             allowed = np.asarray(allowed, dtype=np.int64)
             at = np.searchsorted(self.chunk_ids, allowed)
             held = at < len(self.chunk_ids)
-            candidates = np.unique(at[held][self.chunk_ids[at[held]] == allowed[held]])
+            candidates = at[held][self.chunk_ids[at[held]] == allowed[held]]
+            if len(candidates) > 1 and not np.all(candidates[1:] > candidates[:-1]):
+                candidates = np.unique(candidates)  # the store's allow-lists are sorted already
         positions, totals = top_rows(found, k, len(self.chunk_ids), candidates, ties)
         return [
             (int(c), float(s)) for c, s in zip(self.chunk_ids[positions].tolist(), totals.tolist())

@@ -36,6 +36,7 @@ class Vectors:
         inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
         self._ivf = isinstance(faiss.downcast_index(inner), faiss.IndexIVF)
         self._nprobe = int(faiss.downcast_index(inner).nprobe) if self._ivf else 0
+        self._nlist = int(faiss.downcast_index(inner).nlist) if self._ivf else 0
         n, d = index.ntotal, index.d
         self._matrix = self._ids = None
         if not self._ivf:
@@ -48,9 +49,10 @@ class Vectors:
         self.added_ids = np.ascontiguousarray(added_ids, dtype=np.int64)  # sorted
         self.added = np.empty((0, d), np.float32) if added is None else _as_matrix(added, d)
         self.deleted = np.ascontiguousarray(deleted, dtype=np.int64)  # sorted, base ids
-        # (allow-list, its base vectors) of the last few filters (the store hands
-        # the same array back for a repeated filter): IVF reconstructs them once
+        # (allow-list, its base vectors or ID selector) of the last few filters (the store
+        # hands the same array back for a repeated filter): made once per filter
         self._filtered: list[tuple[np.ndarray, np.ndarray]] = []
+        self._selectors: list[tuple[np.ndarray, faiss.IDSelector]] = []
 
     @property
     def ntotal(self) -> int:
@@ -110,8 +112,17 @@ class Vectors:
             if held is allowed:  # the same array object: a reference is kept, never reused
                 return rows
         rows = self._base_rows(base_ids)
-        self._filtered = [(allowed, rows), *self._filtered[: FILTER_CACHE - 1]]
+        if len(base_ids) <= factory.EXACT_FILTER_MAX:
+            self._filtered = [(allowed, rows), *self._filtered[: FILTER_CACHE - 1]]
         return rows
+
+    def _selector(self, allowed: np.ndarray, base_ids: np.ndarray) -> faiss.IDSelector:
+        for held, selector in self._selectors:
+            if held is allowed:
+                return selector
+        selector = faiss.IDSelectorBatch(base_ids)  # kept: search params hold a raw pointer
+        self._selectors = [(allowed, selector), *self._selectors[: FILTER_CACHE - 1]]
+        return selector
 
     @staticmethod
     def _exact(
@@ -165,10 +176,15 @@ class Vectors:
         if len(base_ids) <= factory.EXACT_FILTER_MAX:
             base = self._exact(queries, k, self._allowed_rows(allowed, base_ids), base_ids)
             return _best(k, base, delta)
-        selector = faiss.IDSelectorBatch(base_ids)  # held here: params keep a raw pointer
-        base = self._faiss(queries, k, selector, wider=4)
-        scores, labels = _best(k, base, delta)
+        selector = self._selector(allowed, base_ids)
+        wider = 4
+        scores, labels = _best(k, self._faiss(queries, k, selector, wider), delta)
         short = np.flatnonzero((labels >= 0).sum(axis=1) < wanted)
+        while len(short) and self._ivf and self._nprobe * wider < self._nlist:
+            wider *= 4  # the probed lists held too few allowed ids: probe more (all: exact)
+            again = self._faiss(queries[short], k, selector, wider)
+            scores[short], labels[short] = _best(k, again, (delta[0][short], delta[1][short]))
+            short = short[(labels[short] >= 0).sum(axis=1) < wanted]
         if len(short):
             exact = self._exact(queries[short], k, self._base_rows(base_ids), base_ids)
             delta_short = (delta[0][short], delta[1][short])

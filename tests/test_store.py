@@ -492,3 +492,15 @@ def test_small_update_does_not_load_the_derived_files(tmp_path, index, rng, monk
         writer.sync_derived()  # not the recorded file: loaded, found damaged, written anew
         assert vectors.read_generation(file) == writer.generation
     assert "vectors" in loads
+
+
+def test_matching_chunk_ids_reads_runs_and_copes_without_them(index):
+    en = index.matching_chunk_ids({"lang": "en"})
+    expected = [r[0] for r in index._db.execute(
+        "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id "
+        "WHERE json_extract(d.metadata, '$.lang') = 'en' ORDER BY c.id")]  # fmt: skip
+    assert en.tolist() == expected and len(expected) == 3
+    with index._write():  # a document whose chunk ids are not one run
+        index._db.execute("UPDATE chunks SET id = 1000 WHERE id = ?", [expected[0]])
+        index._bump()
+    assert index.matching_chunk_ids({"lang": "en"}).tolist() == sorted([*expected[1:], 1000])

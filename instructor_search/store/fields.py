@@ -89,16 +89,30 @@ class IndexFields(IndexBase):
                 self._matching.move_to_end(key)
                 return self._matching[key]
             condition, params = self._filter_sql(where)
-            rows = self._db.execute(
-                # CROSS JOIN: filter documents first, then chunk ids from the doc_id index
-                # (never scan chunks, whose rows carry the embeddings)
-                "SELECT c.id FROM documents d CROSS JOIN chunks c ON c.doc_id = d.id "
-                f"WHERE {condition} ORDER BY c.id",
-                params,
-            ).fetchall()
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            # CROSS JOIN: filter documents first, then their chunks from the doc_id index
+            # (never scan chunks, whose rows carry the embeddings). A document's chunks are
+            # stored together, so their ids are one run: read one row per document, not per chunk
+            join = f"FROM documents d CROSS JOIN chunks c ON c.doc_id = d.id WHERE {condition}"
+            runs = np.array(
+                self._db.execute(
+                    f"SELECT min(c.id), max(c.id), count(*) {join} GROUP BY d.id", params
+                ).fetchall(),
+                dtype=np.int64,
+            ).reshape(-1, 3)
+            if np.all(runs[:, 1] - runs[:, 0] + 1 == runs[:, 2]):
+                ids = _expand(runs[np.argsort(runs[:, 0])])
+            else:  # ids of a document that are not one run: read them one by one
+                rows = self._db.execute(f"SELECT c.id {join} ORDER BY c.id", params).fetchall()
+                ids = np.array([r[0] for r in rows], dtype=np.int64)
         ids.flags.writeable = False
         self._matching[key] = ids
         while len(self._matching) > MATCHING_CACHE:
             self._matching.popitem(last=False)
         return ids
+
+
+def _expand(runs: np.ndarray) -> np.ndarray:
+    """The ids of ``(first, last, count)`` runs, in order."""
+    counts = runs[:, 2]
+    starts = np.repeat(runs[:, 0] - np.cumsum(counts) + counts, counts)
+    return starts + np.arange(int(counts.sum()), dtype=np.int64)

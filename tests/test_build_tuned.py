@@ -63,17 +63,17 @@ def test_a_tuned_model_brings_its_instruction_pair(tmp_path, tuned):
 def test_an_instruction_given_wins_and_the_cli_says_which_came_from_the_record(tmp_path, tuned):
     docs, index = notes(tmp_path / "docs"), tmp_path / "index"
     mine = "Represent the baking note: "
+    base = ["build", str(docs), "--index", str(index), "--model", str(tuned), "--backend", "torch"]
+    base += ["--document-instruction", mine]
     result = CliRunner().invoke(
         cli,
-        ["build", str(docs), "--index", str(index), "--model", str(tuned), "-q"]
-        + ["--backend", "torch", "--precision", "fp32", "--document-instruction", mine],
+        [*base, "-q", "--precision", "fp32"],
     )
     assert result.exit_code == 0, result.output
     assert held(index) == (mine, QUERY)
     shown = CliRunner().invoke(
         cli,
-        ["build", str(docs), "--index", str(index), "--model", str(tuned)]
-        + ["--backend", "torch", "--document-instruction", mine],
+        base,
     )
     assert shown.exit_code == 0, shown.output
     assert f"query instruction: {QUERY!r} (the one {tuned} was tuned with)" in shown.output

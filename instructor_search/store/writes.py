@@ -107,13 +107,20 @@ class IndexWrites(IndexBase):
 
     @locked
     def upsert(self, batch: Sequence[tuple[Document, Sequence[Chunk], np.ndarray]]) -> None:
-        """Insert or replace documents with their chunks and embeddings, in one transaction."""
-        items = [(doc, list(chunks), self._checked(doc, chunks, emb)) for doc, chunks, emb in batch]
+        """Insert or replace documents with their chunks and embeddings, in one transaction
+        (a document given twice is stored as given last)."""
+        last = {doc.id: (doc, chunks, emb) for doc, chunks, emb in batch}
+        items = [
+            (doc, list(chunks), self._checked(doc, chunks, emb))
+            for doc, chunks, emb in last.values()
+        ]
         if not items:
             return
         now = utc_now()
         with self._write():
             generation = self._next_generation()
+            chunk_id = self._last_chunk_id()
+            chunk_rows, fts_rows = [], []
             for doc, chunks, matrix in items:
                 self._remove_chunks(doc.id, generation)
                 mtime, size, kind, folder = document_fields(doc)
@@ -125,26 +132,34 @@ class IndexWrites(IndexBase):
                     [doc.id, doc.source, doc.title, doc.text, meta, doc.content_hash, mtime,
                      size, kind, folder, now],
                 )  # fmt: skip
-                self._db.conn.executemany(
-                    'INSERT INTO chunks (doc_id, ordinal, text, start, "end", token_count, '
-                    "embedding) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (doc.id, c.ordinal, c.text, c.start, c.end, c.token_count, v.tobytes())
-                        for c, v in zip(chunks, matrix, strict=True)
-                    ],
-                )
-                self._db.execute(
-                    "INSERT INTO chunks_fts (rowid, text, title) "
-                    "SELECT id, text, ? FROM chunks WHERE doc_id = ?",
-                    [doc.title, doc.id],
-                )
-                self._db.execute(
-                    "INSERT INTO chunk_changes (generation, chunk_id, deleted) "
-                    "SELECT ?, id, 0 FROM chunks WHERE doc_id = ?",
-                    [generation, doc.id],
-                )
                 self._add_fields(doc.id, meta)
+                for chunk, vector in zip(chunks, matrix, strict=True):
+                    chunk_id += 1  # ids only grow: a document's chunks are one run of ids
+                    chunk_rows.append((chunk_id, doc.id, chunk.ordinal, chunk.text, chunk.start,
+                                       chunk.end, chunk.token_count, vector.tobytes()))  # fmt: skip
+                    fts_rows.append((chunk_id, chunk.text, doc.title))
+            conn = self._db.conn
+            conn.executemany(
+                'INSERT INTO chunks (id, doc_id, ordinal, text, start, "end", token_count, '
+                "embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                chunk_rows,
+            )
+            conn.executemany(
+                "INSERT INTO chunks_fts (rowid, text, title) VALUES (?, ?, ?)", fts_rows
+            )
+            conn.executemany(
+                "INSERT INTO chunk_changes (generation, chunk_id, deleted) VALUES (?, ?, 0)",
+                [(generation, row[0]) for row in chunk_rows],
+            )
             self._bump()
+
+    def _last_chunk_id(self) -> int:
+        """The largest chunk id ever given (AUTOINCREMENT's record of it, or the table's)."""
+        row = self._db.execute(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'chunks'), 0), "
+            "coalesce((SELECT max(id) FROM chunks), 0))"
+        ).fetchone()
+        return int(row[0])
 
     @locked
     def delete(self, doc_ids: Iterable[str]) -> int:

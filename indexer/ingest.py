@@ -2,16 +2,20 @@
 (:mod:`instructor_search.store.shards`), exactly as a build would store them: unchanged
 documents (same id and content hash) are skipped, changed ones replaced, new ones added; nothing
 is embedded. The report is a build's (:class:`~.build.BuildReport`); ``chunks_embedded`` counts
-the chunks stored from the shards.
+the chunks stored from the shards. The shard format has no token counts: chunks are stored with
+``token_count`` 0 unless :data:`TokenCounts` are given (the Ray engine's workers send theirs;
+:func:`token_counter` counts again on the model's tokenizer).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +24,7 @@ from instructor_search.store.index import Index
 from instructor_search.store.shards import ShardFailure, read_manifest, read_shard, shard_files
 
 from .build import BuildReport, changed_documents, open_index
+from .chunking import _plain_tokenizer
 from .reader_base import ReadFailure
 
 logger = logging.getLogger(__name__)
@@ -27,6 +32,22 @@ logger = logging.getLogger(__name__)
 #: A batch (one transaction) closes after this many documents or chunks.
 BATCH_DOCUMENTS = 256
 BATCH_CHUNKS = 16_384
+
+#: The token counts of one document's chunks, given its id and chunks: what its chunker counted
+#: (each chunk text's own tokens, without special tokens), as a build stores them.
+TokenCounts = Callable[[str, list[Chunk]], list[int]]
+
+
+def token_counter(tokenizer: Any) -> TokenCounts:
+    """:data:`TokenCounts` counted again on a fast tokenizer (the model's ``tokenizer``), as
+    :class:`~.chunking.Chunker` counts."""
+    plain = _plain_tokenizer(tokenizer)
+
+    def count(doc_id: str, chunks: list[Chunk]) -> list[int]:
+        texts = [chunk.text for chunk in chunks]
+        return [len(e.ids) for e in plain.encode_batch(texts, add_special_tokens=False)]
+
+    return count
 
 
 def ingest(
@@ -50,9 +71,15 @@ def ingest(
     return report
 
 
-def ingest_into(index: Index, shards: Sequence[str | os.PathLike[str]]) -> BuildReport:
+def ingest_into(
+    index: Index,
+    shards: Sequence[str | os.PathLike[str]],
+    *,
+    token_counts: TokenCounts | None = None,
+) -> BuildReport:
     """Upsert the documents of ``shards`` into the open ``index`` (what :meth:`Index.ingest`
-    runs); every manifest must match the index's settings."""
+    runs); every manifest must match the index's settings. ``token_counts`` gives the stored
+    chunks their token counts (0 without it)."""
     report = BuildReport()
     folders = [Path(folder) for folder in shards]
     manifests = [read_manifest(folder) for folder in folders]
@@ -63,15 +90,16 @@ def ingest_into(index: Index, shards: Sequence[str | os.PathLike[str]]) -> Build
     batch: list[tuple[Document, list[Chunk], np.ndarray, bool]] = []
 
     def flush() -> None:
-        if batch:
-            index.upsert([(doc, chunks, vectors) for doc, chunks, vectors, _ in batch])
-            for _, chunks, _, is_update in batch:
-                report.chunks_embedded += len(chunks)
-                if is_update:
-                    report.documents_updated += 1
-                else:
-                    report.documents_added += 1
-            batch.clear()
+        if not batch:
+            return
+        index.upsert([(doc, chunks, vectors) for doc, chunks, vectors, _ in batch])
+        for _, chunks, _, is_update in batch:
+            report.chunks_embedded += len(chunks)
+            if is_update:
+                report.documents_updated += 1
+            else:
+                report.documents_added += 1
+        batch.clear()
 
     for folder, manifest in zip(folders, manifests, strict=True):
         for file in shard_files(folder):
@@ -85,6 +113,12 @@ def ingest_into(index: Index, shards: Sequence[str | os.PathLike[str]]) -> Build
                     continue
                 seen.add(doc.id)
                 for pending, is_update in changed_documents([doc], stored, report):
+                    if token_counts:
+                        counts = token_counts(doc.id, chunks)
+                        chunks = [
+                            dataclasses.replace(chunk, token_count=count)
+                            for chunk, count in zip(chunks, counts, strict=True)
+                        ]
                     batch.append((pending, chunks, vectors, is_update))
                 if len(batch) >= BATCH_DOCUMENTS or sum(len(b[1]) for b in batch) >= BATCH_CHUNKS:
                     flush()

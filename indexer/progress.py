@@ -1,11 +1,13 @@
 """A build's progress, phase by phase: reading files, loading the model, chunking documents,
-embedding chunks.
+embedding chunks (or, with the Ray engine, documents embedded on Ray).
 
 The build reports :class:`BuildProgress` events to a callback; :class:`ProgressBars` is the
 callback the CLI uses (one tqdm bar per phase, on stderr). The embedding phase counts chunks
 embedded out of the chunks this build has to embed (known before the first is embedded), and
 its rate is averaged over the whole phase, so its ETA holds once a pool has been embedded
 (a pool runs longest chunks first: a rate measured on its first slices alone is too slow).
+A Ray build's phase counts documents (their chunks are known only once a worker has chunked
+them) and carries the chunks done so far, drawn beside the bar with their rate.
 """
 
 from __future__ import annotations
@@ -16,18 +18,23 @@ from dataclasses import dataclass
 from typing import Any
 
 READING, LOADING, CHUNKING, EMBEDDING = "reading", "loading", "chunking", "embedding"
+#: The Ray engine's phase: documents done of those sent to the cluster, and their chunks.
+DISTRIBUTED = "embedding on Ray"
 _UNITS = {READING: "file", LOADING: "model", CHUNKING: "doc", EMBEDDING: "chunk"}
+_UNITS[DISTRIBUTED] = "doc"
 _LABELS = {READING: "Reading", LOADING: "Loading the model", CHUNKING: "Chunking"}
-_LABELS[EMBEDDING] = "Embedding"
+_LABELS.update({EMBEDDING: "Embedding", DISTRIBUTED: "Embedding on Ray"})
 
 
 @dataclass(frozen=True)
 class BuildProgress:
-    """Where a build is: ``done`` of ``total`` in ``phase`` (``total`` is None while unknown)."""
+    """Where a build is: ``done`` of ``total`` in ``phase`` (``total`` is None while unknown);
+    ``chunks``: chunks done so far, in a phase that counts documents (:data:`DISTRIBUTED`)."""
 
     phase: str
     done: int
     total: int | None
+    chunks: int | None = None
 
 
 ProgressCallback = Callable[[BuildProgress], None]
@@ -54,6 +61,10 @@ class ProgressBars:
                 dynamic_ncols=True,
                 smoothing=0,  # the average rate of the phase, not of its last slice
             )
+        if event.chunks is not None:
+            elapsed = self._bar.format_dict["elapsed"]
+            rate = f", {event.chunks / elapsed:,.1f} chunks/s" if elapsed > 0 else ""
+            self._bar.set_postfix_str(f"{event.chunks:,} chunks{rate}", refresh=False)
         self._bar.update(event.done - self._bar.n)
         if event.total is not None and event.done >= event.total:
             self.close()  # a finished phase stops its clock

@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -24,10 +25,15 @@ from instructor_search.indexer.build import BuildSettings, build
 from instructor_search.indexer.chunking import ChunkSettings
 from instructor_search.indexer.cli import cli
 from instructor_search.search.retriever import Retriever
+from instructor_search.store import vectors
 from instructor_search.store.index import Index
 
 ray = pytest.importorskip("ray", reason="pip install 'instructor-search[distributed]'")
+from test_vectors import list_ids  # noqa: E402
+
+from instructor_search.engines import ray_engine  # noqa: E402
 from instructor_search.engines.ray_engine import DISTRIBUTED, RaySettings  # noqa: E402
+from instructor_search.engines.ray_workers import RayFiller  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -58,21 +64,25 @@ def contents(path: Path) -> dict:
             d: (ix.document(d).title, ix.document(d).source, ix.document(d).metadata, h)
             for d, h in ix.document_hashes().items()
         }
+        tokens = dict(ix._db.execute("SELECT id, token_count FROM chunks").fetchall())
         chunks = {
-            (c.doc_id, c.ordinal): (c.text, c.start, c.end, ix.embeddings([c.chunk_id])[0])
+            (c.doc_id, c.ordinal): (
+                c.text, c.start, c.end, tokens[c.chunk_id], ix.embeddings([c.chunk_id])[0]
+            )
             for c in ix.chunks(ids)
-        }
+        }  # fmt: skip
     return {"documents": docs, "chunks": chunks}
 
 
 def assert_same_index(got: Path, want: Path) -> None:
-    """Same documents, chunk texts and spans; vectors equal to float32 rounding."""
+    """Same documents, chunk texts, spans and token counts; vectors equal to float32 rounding."""
     a, b = contents(got), contents(want)
     assert a["documents"] == b["documents"]
     assert a["chunks"].keys() == b["chunks"].keys()
-    for key, (text, start, end, vector) in a["chunks"].items():
-        assert (text, start, end) == b["chunks"][key][:3], key
-        np.testing.assert_allclose(vector, b["chunks"][key][3], rtol=0, atol=1e-6)
+    for key, (*fields, vector) in a["chunks"].items():
+        assert fields == list(b["chunks"][key][:4]), key
+        np.testing.assert_allclose(vector, b["chunks"][key][4], rtol=0, atol=1e-6)
+    assert all(c[3] > 0 for c in a["chunks"].values())  # counted, not the shards' missing 0
 
 
 def top10(path: Path) -> list:
@@ -116,6 +126,19 @@ def test_cli_ray_build_is_the_local_index(ray_session, corpus, local_index, tmp_
     assert (again.documents_unchanged, again.chunks_embedded) == (10, 0)
 
 
+def test_cli_output_holds_no_ray_noise(ray_session, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", count=2)
+    args = ["build", str(corpus), "--index", str(tmp_path / "index"), "--model", str(TINY)]
+    args += ["--engine", "ray", "--ray-address", ray_session, "--workers", "1", "-q"]
+    cli_main = "from instructor_search.indexer.cli import main; main()"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_BACKEND_LOG_LEVEL"}  # the CLI's
+    done = subprocess.run(
+        [sys.executable, "-c", cli_main, *args], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("", "")  # -q: no bar, no summary, and nothing of Ray's
+
+
 def actor_pids() -> list[int]:
     """The processes of our Ray actors (their title names the class)."""
     pids = []
@@ -130,8 +153,10 @@ def actor_pids() -> list[int]:
 
 def test_worker_killed_mid_build_is_retried(ray_session, corpus, local_index, tmp_path):
     killed: list[int] = []
+    events = []
 
     def kill_the_worker(event) -> None:
+        events.append(event)
         if event.phase == DISTRIBUTED and event.done and not killed:
             killed.extend(actor_pids())
             for pid in killed:
@@ -142,11 +167,58 @@ def test_worker_killed_mid_build_is_retried(ray_session, corpus, local_index, tm
     assert killed, "no actor process was found to kill"
     assert (report.documents_added, report.documents_failed) == (10, 0)
     assert_same_index(path, local_index)
+    ray_events = [e for e in events if e.phase == DISTRIBUTED]  # documents and chunks done
+    assert (ray_events[-1].done, ray_events[-1].total) == (10, 10)
+    assert ray_events[-1].chunks == report.chunks_embedded > 0
+    assert [e.chunks for e in ray_events] == sorted(e.chunks for e in ray_events)
+
+
+def test_ray_filled_ivf_lists_are_the_serial_ones(ray_session):
+    rng = np.random.default_rng(3)
+    matrix = rng.standard_normal((3000, 16)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    ids = rng.permutation(100_000)[:3000].astype(np.int64)
+    filler = RayFiller(ray, parts=3, min_part=1)
+    merged, merged_info = vectors.build_vector_index(ids, matrix, flat_max=500, fill=filler)
+    serial, serial_info = vectors.build_vector_index(ids, matrix, flat_max=500)
+    assert merged_info == serial_info and serial_info.index_type.startswith("ivf")
+    assert list_ids(merged) == list_ids(serial)  # same lists, same ids, same order
+    queries = vectors.held_out_queries(matrix, 50, seed=4)
+    np.testing.assert_array_equal(merged.search(queries, 10)[1], serial.search(queries, 10)[1])
+
+
+class CountedFiller(RayFiller):
+    """The engine's filler in parts of any size, noting each call and whether Ray was up."""
+
+    calls: ClassVar[list[tuple[int, bool]]] = []
+
+    def __init__(self, ray_module) -> None:
+        super().__init__(ray_module, parts=2, min_part=1)
+
+    def __call__(self, index, ids, matrix):
+        self.calls.append((len(ids), ray.is_initialized()))
+        return super().__call__(index, ids, matrix)
+
+
+def test_build_fills_ivf_lists_on_ray_above_flat_max(ray_session, corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(vectors, "FLAT_MAX", 8)  # IVF at this corpus's few dozen chunks
+    monkeypatch.setattr(ray_engine, "RayFiller", CountedFiller)
+    CountedFiller.calls.clear()
+    path = tmp_path / "index"
+    one_batch = dataclasses.replace(ENGINE, documents_per_task=10)  # vectors.faiss built at once
+    report = build([corpus], path, SETTINGS, engine=one_batch)
+    assert CountedFiller.calls and all(up for _, up in CountedFiller.calls)
+    assert CountedFiller.calls[-1][0] <= report.chunks_total
+    index, _ = vectors.load(path / "vectors.faiss")
+    assert vectors.describe(index).startswith("ivf")
+    with Index.open(path) as ix:  # the builder is the default again once the build is done
+        assert ix._derived.build_vectors is vectors.build_vector_index
 
 
 DRIVER = """
 import sys, time
 from pathlib import Path
+from typing import ClassVar
 import ray
 from instructor_search.indexer.build import BuildSettings, build
 from instructor_search.engines.ray_engine import DISTRIBUTED, RaySettings

@@ -1,57 +1,63 @@
 """The Ray engine of a build: the pending documents chunked and embedded on a Ray cluster.
 
 The driver scans and diffs by content hash as a local build does; only the documents to embed
-become Ray Data work items. ``map_batches`` runs them through :class:`EmbedShards` on an actor
-pool (one model per actor, ``workers`` actors), which chunks and embeds with the very functions
-of a local build (:mod:`instructor_search.indexer.embedding`) and writes each batch as a shard
-folder (:mod:`instructor_search.store.shards`); the driver ingests the folders as they arrive
-(:meth:`Index.ingest`). A folder is named by the digest of its documents' ids and content
-hashes and appears whole (written aside, then renamed), so a batch Ray retries after a worker
-died rewrites the same folder, and a rerun after the driver was killed ingests the folders
-already written and sends only the rest.
+become Ray Data work items. ``map_batches`` runs them through
+:class:`~.ray_workers.EmbedShards` on an actor pool (one model per actor, ``workers`` actors),
+which chunks and embeds with the very functions of a local build
+(:mod:`instructor_search.indexer.embedding`) and writes each batch as a shard folder
+(:mod:`instructor_search.store.shards`); the driver ingests the folders as they arrive, with
+the chunks' token counts the workers send beside them (the shard format has no such column). A folder is named by its documents' ids and content hashes and
+appears whole, so a batch Ray retries after a worker died rewrites the same folder, and a rerun
+after the driver was killed ingests the folders already written and sends only the rest.
+
+While the session is up, ``vectors.faiss`` is built with its IVF lists filled on Ray tasks
+(:class:`~.ray_workers.RayFiller`) whenever the index rebuilds it above ``FLAT_MAX``.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import logging
 import math
 import os
 import shutil
-import uuid
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from instructor_search.documents import Document
-from instructor_search.errors import InputError, ModelError
+from instructor_search.documents import Chunk, Document
+from instructor_search.errors import InputError
+from instructor_search.indexer.progress import DISTRIBUTED, BuildProgress
 from instructor_search.store.collection import CollectionSettings
 from instructor_search.store.shards import (
-    MANIFEST,
     ShardFailure,
     ShardManifest,
-    _schema,
     read_manifest,
     read_shard,
     shard_files,
 )
 
+from .ray_workers import ASIDE, BATCH, EmbedShards, RayFiller, work_item
+
 if TYPE_CHECKING:
     from instructor_search.indexer.build import BuildReport, BuildSettings
+    from instructor_search.indexer.ingest import TokenCounts
     from instructor_search.indexer.progress import ProgressCallback
     from instructor_search.store.index import Index
+
 
 logger = logging.getLogger(__name__)
 
 EXTRA = "pip install 'instructor-search[distributed]'"
-#: The progress phase of a Ray build: documents done out of those sent to the cluster.
-DISTRIBUTED = "embedding on Ray"
 #: Where shards go when no folder is given: inside the index folder.
 SHARDS_FOLDER = "ray-shards"
-_BATCH, _ASIDE = "batch-", ".aside-"
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,29 @@ def _physical_cores() -> int:
     return physical_cores()
 
 
+@contextmanager
+def _held_stderr(verbose: bool) -> Iterator[None]:
+    """What Ray's C++ core writes to the process's stderr while Ray starts (a line saying it
+    read ``RAY_BACKEND_LOG_LEVEL``) held back, unless ``verbose``; shown if the start fails."""
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 class Session:
     """A Ray session for one build: joins ``address`` or starts a local instance sized to this
     machine (one logical CPU beyond the actors' own, so they never claim every CPU: Ray Data
@@ -127,10 +156,12 @@ class Session:
             os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         if self.local:
             cpus = math.ceil(self.workers * settings.cpus_per_worker) + 1
-            ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+            with _held_stderr(settings.verbose):
+                ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
             self.started = True
         elif not ray.is_initialized():
-            ray.init(address=settings.address, **quiet)
+            with _held_stderr(settings.verbose):
+                ray.init(address=settings.address, **quiet)
             self.started = True
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = settings.verbose
@@ -156,136 +187,6 @@ class Session:
         if self.local:
             return max(1, _physical_cores() // self.workers)
         return max(1, int(self.settings.cpus_per_worker))
-
-
-def batch_folder(items: list[dict[str, Any]]) -> str:
-    """The shard folder name of a batch: the digest of its documents' ids and content hashes."""
-    digest = hashlib.sha256()
-    for item in sorted(items, key=lambda item: item["id"]):
-        digest.update(f"{item['id']}\x00{item['hash']}\x00".encode())
-    return _BATCH + digest.hexdigest()[:24]
-
-
-def _item(doc: Document) -> dict[str, Any]:
-    return {
-        "id": doc.id,
-        "text": doc.text,
-        "title": doc.title,
-        "source": doc.source,
-        "metadata": json.dumps(doc.metadata),
-        "hash": doc.content_hash,
-    }
-
-
-def _path_of(doc: Document) -> str:
-    """How a failure names a document: its file (as a build's reader does), else its id."""
-    return str(doc.metadata.get("path") or doc.source or doc.id)
-
-
-class EmbedShards:
-    """The callable class of ``map_batches``: loads the model once per actor, then turns each
-    batch of work items into one shard folder (chunked and embedded as a local build does)."""
-
-    def __init__(
-        self,
-        model: str | None,
-        fingerprint: str,
-        settings: BuildSettings,
-        manifest: ShardManifest,
-        folder: str,
-        threads: int | None,
-    ) -> None:
-        from instructor_search.encoder.instructor import Instructor
-        from instructor_search.indexer.embedding import _Chunkers
-
-        self.model = Instructor(
-            model, backend=settings.backend, precision=settings.precision, num_threads=threads
-        )
-        if self.model.fingerprint != fingerprint:
-            raise ModelError(
-                f"the worker's model {model!r} has other weights than the driver's "
-                f"({self.model.fingerprint[:12]} != {fingerprint[:12]}); give every node the same"
-            )
-        self.settings, self.manifest, self.folder = settings, manifest, Path(folder)
-        self.instruction = manifest.document_instruction
-        self.chunkers = _Chunkers(self.model, settings.chunk)
-        self.max_text = self.model.max_text_tokens(self.instruction)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        from instructor_search.indexer.embedding import EMBED_SLICE, _chunk
-
-        items = [{name: batch[name][i] for name in batch} for i in range(len(batch["id"]))]
-        rows, failures, empty = [], [], []
-        for item in items:
-            doc = Document(
-                id=str(item["id"]),
-                text=str(item["text"]),
-                title=str(item["title"]),
-                source=str(item["source"]),
-                metadata=json.loads(str(item["metadata"])),
-            )
-            try:
-                pieces = _chunk(doc, self.chunkers, self.model, self.max_text)
-            except Exception as exc:  # one document's failure never fails its batch
-                failures.append([_path_of(doc), f"{type(exc).__name__}: {exc}"])
-                continue
-            if not pieces:
-                empty.append(doc.id)
-            rows += [(doc, str(item["hash"]), piece) for piece in pieces]
-        order = sorted(range(len(rows)), key=lambda i: -rows[i][2][2])  # longest first
-        vectors = np.empty((len(rows), self.manifest.dimension), dtype=np.float32)
-        for start in range(0, len(order), EMBED_SLICE):
-            part = order[start : start + EMBED_SLICE]
-            texts = [rows[i][2][1] for i in part]
-            vectors[part] = self.model.embed(texts, self.instruction, self.settings.batch_size)
-        folder = self._write(batch_folder(items), rows, vectors) if rows else ""
-        return {
-            "folder": [folder],
-            "documents": [len({doc.id for doc, _, _ in rows})],
-            "chunks": [len(rows)],
-            "failures": [json.dumps(failures)],
-            "empty": [json.dumps(empty)],
-            "backend": [self.model.backend],
-            "precision": [self.model.precision],
-        }
-
-    def _write(self, name: str, rows: list[tuple[Document, str, Any]], vectors: np.ndarray) -> str:
-        """The batch as a shard folder, written aside and renamed into place whole."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        final = self.folder / name
-        if final.exists():  # a retried batch whose first try finished writing
-            return str(final)
-        aside = self.folder / f"{_ASIDE}{name}-{uuid.uuid4().hex[:8]}"
-        aside.mkdir(parents=True)
-        schema = _schema(pa, self.manifest.dimension)
-        columns = [
-            [doc.id for doc, _, _ in rows],
-            [content_hash for _, content_hash, _ in rows],
-            [doc.title for doc, _, _ in rows],
-            [doc.source for doc, _, _ in rows],
-            [json.dumps(doc.metadata) for doc, _, _ in rows],
-            *(
-                [getattr(piece[0], name) for _, _, piece in rows]
-                for name in ("ordinal", "start", "end")
-            ),
-            [piece[0].text for _, _, piece in rows],
-        ]
-        arrays = [pa.array(column, type=schema.field(i).type) for i, column in enumerate(columns)]
-        embedding = pa.FixedSizeListArray.from_arrays(
-            pa.array(vectors.reshape(-1)), self.manifest.dimension
-        )
-        pq.write_table(
-            pa.Table.from_arrays([*arrays, embedding], schema=schema), aside / "part-00000.parquet"
-        )
-        text = json.dumps(self.manifest.to_json(), indent=2) + "\n"
-        (aside / MANIFEST).write_text(text, encoding="utf-8")
-        try:
-            os.rename(aside, final)
-        except OSError:  # another try of the same batch got there first
-            shutil.rmtree(aside, ignore_errors=True)
-        return str(final)
 
 
 def shards_folder(index: Index, ray_settings: RaySettings) -> Path:
@@ -317,51 +218,103 @@ def embed_on_ray(
     ray_settings: RaySettings,
 ) -> None:
     """Embed ``pending`` on Ray and store it in ``index``: first what a killed build's shard
-    folders already hold, then the rest, batch by batch, ingested every ``pool_chunks`` chunks."""
-    from instructor_search.indexer.progress import BuildProgress
+    folders already hold, then the rest, batch by batch, ingested every ``pool_chunks`` chunks;
+    all of it while the Ray session is up, so that IVF lists are filled on Ray tasks."""
+    from instructor_search.store.vectors import build_vector_index
 
     manifest = ShardManifest.of(index.settings)
     folder = shards_folder(index, ray_settings)
     folder.mkdir(parents=True, exist_ok=True)
-    for aside in folder.glob(_ASIDE + "*"):  # half-written by a worker that was killed
+    for aside in folder.glob(ASIDE + "*"):  # half-written by a worker that was killed
         shutil.rmtree(aside, ignore_errors=True)
     wanted = {doc.id: doc.content_hash for doc, _ in pending}
-    left = [f for f in sorted(folder.glob(_BATCH + "*")) if _held(f, manifest, wanted)]
-    if left:
-        _ingest(index, left, report, resumed=True)
-        logger.info("ingested %d shard folders a killed build had written", len(left))
-    stored = index.document_hashes()
-    rest = [(doc, update) for doc, update in pending if stored.get(doc.id) != doc.content_hash]
-    by_id = {doc.id: doc for doc, _ in rest}
-    done, ready, ready_chunks = 0, [], 0
-    progress(BuildProgress(DISTRIBUTED, 0, len(rest)))
-    if rest:
-        with Session(ray_settings) as session:
-            for row in _dataset(session, model, index.settings, settings, folder, rest).iter_rows():
-                report.backend, report.precision = row["backend"], row["precision"]
-                for path, reason in json.loads(row["failures"]):
-                    _failed(report, path, reason)
-                empty = [by_id[doc_id] for doc_id in json.loads(row["empty"])]
-                if empty:  # documents without text have no rows in a shard
-                    index.upsert(
-                        [(doc, [], np.empty((0, manifest.dimension), np.float32)) for doc in empty]
-                    )
-                    report.documents_added += len(empty)
-                if row["folder"]:
-                    ready.append(Path(row["folder"]))
-                    ready_chunks += row["chunks"]
-                if ready_chunks >= settings.pool_chunks:
-                    _ingest(index, ready, report, resumed=False)
-                    ready, ready_chunks = [], 0
-                done += row["documents"] + len(json.loads(row["failures"])) + len(empty)
-                progress(BuildProgress(DISTRIBUTED, done, len(rest)))
-    if ready:
-        _ingest(index, ready, report, resumed=False)
+    left = [f for f in sorted(folder.glob(BATCH + "*")) if _held(f, manifest, wanted)]
+    token_counts = ChunkTokens(model)
+    with Session(ray_settings) as session:
+        filler = RayFiller(session.ray)
+        index.use_vector_builder(functools.partial(build_vector_index, fill=filler))
+        try:
+            if left:
+                _ingest(index, left, report, token_counts, resumed=True)
+                logger.info("ingested %d shard folders a killed build had written", len(left))
+            stored = index.document_hashes()
+            rest = [(d, update) for d, update in pending if stored.get(d.id) != d.content_hash]
+            _embed(session, index, model, settings, folder, rest, report, progress, token_counts)
+        finally:
+            index.use_vector_builder(None)
     if not ray_settings.keep_shards:
-        for batch in folder.glob(_BATCH + "*"):
+        for batch in folder.glob(BATCH + "*"):
             shutil.rmtree(batch, ignore_errors=True)
         if not ray_settings.shards and not any(folder.iterdir()):
             folder.rmdir()
+
+
+def _embed(
+    session: Session,
+    index: Index,
+    model: str | None,
+    settings: BuildSettings,
+    folder: Path,
+    rest: list[tuple[Document, bool]],
+    report: BuildReport,
+    progress: ProgressCallback,
+    token_counts: ChunkTokens,
+) -> None:
+    """Send ``rest`` through the Ray Data pipeline and ingest its shard folders as they come."""
+    dimension = index.settings.dimension
+    by_id = {doc.id: doc for doc, _ in rest}
+    done, chunks, ready, ready_chunks = 0, 0, [], 0
+    progress(BuildProgress(DISTRIBUTED, 0, len(rest), 0))
+    if not rest:
+        return
+    for row in _dataset(session, model, index.settings, settings, folder, rest).iter_rows():
+        report.backend, report.precision = row["backend"], row["precision"]
+        token_counts.known.update(json.loads(row["tokens"]))
+        for path, reason in json.loads(row["failures"]):
+            _failed(report, path, reason)
+        empty = [by_id[doc_id] for doc_id in json.loads(row["empty"])]
+        if empty:  # documents without text have no rows in a shard
+            index.upsert([(doc, [], np.empty((0, dimension), np.float32)) for doc in empty])
+            report.documents_added += len(empty)
+        if row["folder"]:
+            ready.append(Path(row["folder"]))
+            ready_chunks += row["chunks"]
+        if ready_chunks >= settings.pool_chunks:
+            _ingest(index, ready, report, token_counts, resumed=False)
+            ready, ready_chunks = [], 0
+        done += row["documents"] + len(json.loads(row["failures"])) + len(empty)
+        chunks += row["chunks"]
+        progress(BuildProgress(DISTRIBUTED, done, len(rest), chunks))
+    if ready:
+        _ingest(index, ready, report, token_counts, resumed=False)
+
+
+class ChunkTokens:
+    """The :data:`~instructor_search.indexer.ingest.TokenCounts` of a Ray build: the counts the
+    workers' chunkers sent with each batch (the shard format has none), or for a document no
+    worker of this build sent (a killed build's shards), counted again on the model's tokenizer
+    (loaded on the driver the first time)."""
+
+    def __init__(self, model: str | None) -> None:
+        self.model = model
+        #: document id -> its chunks' token counts, by ordinal; taken when ingested.
+        self.known: dict[str, list[int]] = {}
+        self._recount: TokenCounts | None = None
+
+    def __call__(self, doc_id: str, chunks: list[Chunk]) -> list[int]:
+        counts = self.known.pop(doc_id, None)
+        if counts is not None and len(counts) == len(chunks):
+            return counts
+        if self._recount is None:
+            import transformers
+
+            from instructor_search.encoder.checkpoints import resolve
+            from instructor_search.indexer.ingest import token_counter
+
+            folder = str(resolve(self.model).folder)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, use_fast=True)
+            self._recount = token_counter(tokenizer)
+        return self._recount(doc_id, chunks)
 
 
 def _dataset(
@@ -375,7 +328,7 @@ def _dataset(
     """The Ray Data pipeline: work items → :class:`EmbedShards` on an actor pool."""
     ray, ray_settings = session.ray, session.settings
     per_task = ray_settings.documents_per_task
-    items = [_item(doc) for doc, _ in rest]
+    items = [work_item(doc) for doc, _ in rest]
     dataset = ray.data.from_items(
         items, override_num_blocks=max(1, math.ceil(len(items) / per_task))
     )
@@ -397,9 +350,18 @@ def _dataset(
     )  # Ray Data restarts an actor that died (kill -9, a lost node) and retries its batches
 
 
-def _ingest(index: Index, folders: list[Path], report: BuildReport, *, resumed: bool) -> None:
+def _ingest(
+    index: Index,
+    folders: list[Path],
+    report: BuildReport,
+    token_counts: ChunkTokens,
+    *,
+    resumed: bool,
+) -> None:
     """Ingest shard folders into the index and count what they stored in ``report``."""
-    done = index.ingest(folders)
+    from instructor_search.indexer.ingest import ingest_into
+
+    done = ingest_into(index, folders, token_counts=token_counts)
     report.documents_added += done.documents_added
     report.documents_updated += done.documents_updated
     if resumed:

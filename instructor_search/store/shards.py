@@ -18,7 +18,8 @@ of it is stored. :func:`write_shard` and :func:`write_manifest` write one, and
 Shards carry chunk texts and spans, not the document's whole text: a document read from a shard
 is its chunks laid at their ``start`` offsets, with anything between them (whitespace the
 chunker left out) as spaces. Its ``content_hash`` is the shard's, so a document that did not
-change is recognised as unchanged. ``token_count`` is not in the format and is stored as 0.
+change is recognised as unchanged. ``token_count`` is not in the format: read chunks have 0, and
+ingest counts them again on the model's tokenizer when it is given one (the Ray engine does).
 
 pyarrow is imported only here, when shards are read or written.
 """

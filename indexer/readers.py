@@ -58,7 +58,7 @@ def scan(
 ) -> Iterator[ScanItem]:
     """Read a folder (recursively), a single file, or a JSONL/JSON/CSV file of records.
 
-    A readable file for which ``keep(path)`` is true is yielded as a :class:`Kept` without
+    A file for which ``keep(path)`` is true is yielded as a :class:`Kept` without
     being opened (an incremental build keeps what it holds from it). Raises
     :class:`ReaderError` at once if ``source`` does not exist; any other problem is yielded as
     a :class:`ReadFailure` and the scan goes on.
@@ -96,7 +96,7 @@ def _scan(
             yield item
         elif not _selected(item[1], settings):
             continue
-        elif keep is not None and _reader(item[1]) is not None and keep(item[0]):
+        elif keep is not None and keep(item[0]):
             yield Kept(item[1], item[0])
         else:
             yield from _read(*item, settings, seen)
@@ -172,7 +172,7 @@ def _read(
 ) -> Iterator[ScanItem]:
     """Read one file with the reader for its extension; failures become items."""
     ext = PurePosixPath(rel).suffix.lower()
-    reader = _reader(rel)
+    reader = _READERS.get(ext)
     if reader is None:
         what = f"unknown extension {ext}" if ext else "no file extension"
         yield Skipped(rel, f"{what}; readable types: {', '.join(sorted(_READERS))}")
@@ -189,11 +189,6 @@ def _read(
         yield ReadFailure(rel, None, "permission denied; make the file readable or exclude it")
     except OSError as exc:
         yield ReadFailure(rel, None, f"cannot read the file ({exc.strerror or exc})")
-
-
-def _reader(rel: str) -> Reader | None:
-    """The reader for a file's extension, if there is one."""
-    return _READERS.get(PurePosixPath(rel).suffix.lower())
 
 
 def _check_unique(doc: Document, rel: str, seen: dict[str, str]) -> Document | ReadFailure:

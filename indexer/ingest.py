@@ -76,10 +76,12 @@ def ingest_into(
     shards: Sequence[str | os.PathLike[str]],
     *,
     token_counts: TokenCounts | None = None,
+    sync: bool = True,
 ) -> BuildReport:
     """Upsert the documents of ``shards`` into the open ``index`` (what :meth:`Index.ingest`
     runs); every manifest must match the index's settings. ``token_counts`` gives the stored
-    chunks their token counts (0 without it)."""
+    chunks their token counts (0 without it). ``sync=False`` leaves the derived files to the
+    caller's :meth:`Index.sync_derived` (a build ingesting batch after batch syncs once)."""
     report = BuildReport()
     folders = [Path(folder) for folder in shards]
     manifests = [read_manifest(folder) for folder in folders]
@@ -123,7 +125,8 @@ def ingest_into(
                 if len(batch) >= BATCH_DOCUMENTS or sum(len(b[1]) for b in batch) >= BATCH_CHUNKS:
                     flush()
     flush()
-    index.sync_derived()
+    if sync:
+        index.sync_derived()
     return report
 
 

@@ -219,7 +219,8 @@ def embed_on_ray(
 ) -> None:
     """Embed ``pending`` on Ray and store it in ``index``: first what a killed build's shard
     folders already hold, then the rest, batch by batch, ingested every ``pool_chunks`` chunks;
-    all of it while the Ray session is up, so that IVF lists are filled on Ray tasks."""
+    all of it while the Ray session is up; the derived files are brought up to date once at
+    the end, when the workers are done, so that IVF lists are filled on every CPU's Ray task."""
     from instructor_search.store.vectors import build_vector_index
 
     manifest = ShardManifest.of(index.settings)
@@ -240,6 +241,7 @@ def embed_on_ray(
             stored = index.document_hashes()
             rest = [(d, update) for d, update in pending if stored.get(d.id) != d.content_hash]
             _embed(session, index, model, settings, folder, rest, report, progress, token_counts)
+            index.sync_derived()  # once, the actors done: the IVF lists filled on every CPU
         finally:
             index.use_vector_builder(None)
     if not ray_settings.keep_shards:
@@ -361,7 +363,7 @@ def _ingest(
     """Ingest shard folders into the index and count what they stored in ``report``."""
     from instructor_search.indexer.ingest import ingest_into
 
-    done = ingest_into(index, folders, token_counts=token_counts)
+    done = ingest_into(index, folders, token_counts=token_counts, sync=False)
     report.documents_added += done.documents_added
     report.documents_updated += done.documents_updated
     if resumed:

@@ -50,8 +50,8 @@ class _Stored:
     """What the index holds, by the file each document was read from."""
 
     def __init__(self, index: Index) -> None:
-        self.index = index
         self.sources = index.document_sources()  # id -> source
+        self.stamps = index.document_stamps()  # id -> (mtime, size)
         self.by_file: dict[str, list[str]] = {}
         for doc_id, source in self.sources.items():
             record = _RECORD_SOURCE.fullmatch(source)
@@ -65,13 +65,12 @@ class _Stored:
     def stamped_alike(self, path: Path) -> bool:
         """Whether the file's stored document has the file's size and modification time now
         (both as the reader recorded them: ``st_size`` and ``st_mtime``, compared exactly)."""
-        doc = self.index.document(self.by_file[str(path)][0])
+        mtime, size = self.stamps[self.by_file[str(path)][0]]
         try:
             stat = path.stat()
         except OSError:
             return False
-        held = doc.metadata if doc else {}
-        return held.get("size") == stat.st_size and held.get("mtime") == stat.st_mtime
+        return mtime is not None and size == stat.st_size and mtime == stat.st_mtime
 
 
 def _keeper(stored: _Stored, changed: Iterable[str] | None) -> Callable[[Path], bool]:

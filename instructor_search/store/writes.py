@@ -84,6 +84,13 @@ class IndexWrites(IndexBase):
         return dict(self._db.execute("SELECT id, content_hash FROM documents").fetchall())
 
     @locked
+    def document_stamps(self) -> dict[str, tuple[float | None, int]]:
+        """``{doc_id: (mtime, size)}`` as stored: the file's ``st_mtime`` and ``st_size`` when
+        its reader recorded them (what an incremental build compares a file's stat with)."""
+        rows = self._db.execute("SELECT id, mtime, size FROM documents").fetchall()
+        return {doc_id: (mtime, size) for doc_id, mtime, size in rows}
+
+    @locked
     def document_sources(self) -> dict[str, str]:
         """``{doc_id: source}`` of every stored document (what a build checks for deletions)."""
         return dict(self._db.execute("SELECT id, source FROM documents").fetchall())

@@ -64,8 +64,9 @@ log = logging.getLogger(__name__)
 K1, B = 1.2, 0.75
 #: Instances of terms read from FTS5 per query while building (bounds the memory used).
 SLICE_INSTANCES = 4_000_000
-#: Terms whose BM25 contributions a matrix keeps computed (the common words of queries).
-SCORE_CACHE_TERMS = 256
+#: Bytes of computed BM25 contributions a matrix keeps (the common words of queries; a word in
+#: every row of a million-chunk index takes 8 MB): the oldest terms go first.
+SCORE_CACHE_BYTES = 256 * 2**20
 
 _TERM = re.compile(r"[^\W_]+")  # what FTS5's unicode61 tokenizer calls a token
 _TOKENIZE = re.compile(r"\btokenize\s*=\s*'((?:[^']|'')*)'", re.IGNORECASE)
@@ -164,6 +165,7 @@ class KeywordMatrix:
         every = self.lengths if self.added is None else np.r_[self.lengths, self.added.lengths]
         self._norm = K1 * ((1 - B) + (B * every.astype(np.float64)) / avgdl)
         self._scores: dict[int, TermPostings] = {}
+        self._score_bytes = 0
 
     def with_delta(
         self, generation: int, added: KeywordMatrix | None, deleted: KeywordMatrix | None
@@ -222,8 +224,10 @@ class KeywordMatrix:
         postings = TermPostings(rows, scores, float(scores.max()))
         if at is not None:
             self._scores[key] = postings
-            while len(self._scores) > SCORE_CACHE_TERMS:
-                del self._scores[next(iter(self._scores))]
+            self._score_bytes += postings.scores.nbytes + postings.rows.nbytes
+            while self._score_bytes > SCORE_CACHE_BYTES and len(self._scores) > 1:
+                gone = self._scores.pop(next(iter(self._scores)))
+                self._score_bytes -= gone.scores.nbytes + gone.rows.nbytes
         return postings
 
     def search(

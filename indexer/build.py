@@ -133,7 +133,7 @@ def build(
         found = scan_sources(
             roots, settings.reader, index, report, progress, rehash=settings.rehash, changed=named
         )
-        return found.pending, gone(index, found)
+        return found.pending, gone(found)
 
     progress = _progress(show_progress, on_progress)
     return _run(Path(index_path), settings, model, progress, collect, engine)

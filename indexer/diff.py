@@ -44,14 +44,15 @@ class Scan:
     seen: set[str] = field(default_factory=set)
     roots: list[Path] = field(default_factory=list)
     failed_files: set[str] = field(default_factory=set)
+    sources: dict[str, str] = field(default_factory=dict)  # id -> source, of stored documents
 
 
 class _Stored:
     """What the index holds, by the file each document was read from."""
 
     def __init__(self, index: Index) -> None:
-        self.sources = index.document_sources()  # id -> source
-        self.stamps = index.document_stamps()  # id -> (mtime, size)
+        self.documents = index.document_catalog()
+        self.sources = {doc_id: held.source for doc_id, held in self.documents.items()}
         self.by_file: dict[str, list[str]] = {}
         for doc_id, source in self.sources.items():
             record = _RECORD_SOURCE.fullmatch(source)
@@ -65,7 +66,8 @@ class _Stored:
     def stamped_alike(self, path: Path) -> bool:
         """Whether the file's stored document has the file's size and modification time now
         (both as the reader recorded them: ``st_size`` and ``st_mtime``, compared exactly)."""
-        mtime, size = self.stamps[self.by_file[str(path)][0]]
+        held = self.documents[self.by_file[str(path)][0]]
+        mtime, size = held.mtime, held.size
         try:
             stat = path.stat()
         except OSError:
@@ -111,7 +113,9 @@ def scan_sources(
     failures, once)."""
     found = Scan(roots=roots)
     stored = _Stored(index)
-    hashes, ids = index.document_hashes(), DocumentIds(stored.sources)
+    found.sources = stored.sources
+    hashes = {doc_id: held.content_hash for doc_id, held in stored.documents.items()}
+    ids = DocumentIds(stored.sources)
     keep = None if rehash else _keeper(stored, changed)
     read = 0
     for root in roots:
@@ -155,14 +159,14 @@ def _line(doc: Document) -> int | None:
     return line if isinstance(line, int) else None
 
 
-def gone(index: Index, found: Scan) -> list[str]:
+def gone(found: Scan) -> list[str]:
     """Stored documents that came from a scanned source and are not there any more.
 
     A document whose file failed to read this time is kept: a broken file loses nothing.
     """
     roots = [str(root) for root in found.roots]
     removed = []
-    for doc_id, source in index.document_sources().items():
+    for doc_id, source in found.sources.items():
         if doc_id in found.seen or not any(under(source, root) for root in roots):
             continue
         if any(under(source, failed) for failed in found.failed_files):

@@ -164,6 +164,15 @@ def m003_derived_files(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m004_document_catalog(db: sqlite_utils.Database) -> None:
+    """A covering index of what an incremental build reads of every document (id, source,
+    content hash, file stamp), so that read never walks the rows that hold the texts."""
+    db.execute(
+        "CREATE INDEX idx_documents_catalog ON documents(id, source, content_hash, mtime, size)"
+    )
+
+
 #: The schema version this software writes: the number of migrations it knows.
 SCHEMA_VERSION = len(MIGRATIONS)
 

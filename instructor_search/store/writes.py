@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,6 +27,16 @@ def document_fields(doc: Document) -> tuple[float | None, int, str | None, str]:
     kind = meta.get("type") or PurePosixPath(doc.source or doc.id).suffix.lstrip(".").lower()
     folder = meta.get("folder") or str(PurePosixPath(doc.id).parent)
     return mtime, size, str(kind) if kind else None, "" if folder == "." else str(folder)
+
+
+class StoredDocument(NamedTuple):
+    """What the index holds of a document besides its text: where it came from, its content
+    hash, and the file's ``st_mtime`` and ``st_size`` when its reader recorded them."""
+
+    source: str
+    content_hash: str
+    mtime: float | None
+    size: int
 
 
 class IndexWrites(IndexBase):
@@ -84,11 +95,11 @@ class IndexWrites(IndexBase):
         return dict(self._db.execute("SELECT id, content_hash FROM documents").fetchall())
 
     @locked
-    def document_stamps(self) -> dict[str, tuple[float | None, int]]:
-        """``{doc_id: (mtime, size)}`` as stored: the file's ``st_mtime`` and ``st_size`` when
-        its reader recorded them (what an incremental build compares a file's stat with)."""
-        rows = self._db.execute("SELECT id, mtime, size FROM documents").fetchall()
-        return {doc_id: (mtime, size) for doc_id, mtime, size in rows}
+    def document_catalog(self) -> dict[str, StoredDocument]:
+        """Every stored document's source, content hash and file stamp, in one read: what an
+        incremental build diffs its sources against."""
+        rows = self._db.execute("SELECT id, source, content_hash, mtime, size FROM documents")
+        return {row[0]: StoredDocument(*row[1:]) for row in rows}
 
     @locked
     def document_sources(self) -> dict[str, str]:

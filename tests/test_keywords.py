@@ -214,7 +214,12 @@ def test_maxscore_gives_the_full_sums_rows_and_doubles():
             scores = rng.random(df) * rng.choice([0.01, 1.0, 6.0])
             if trial % 4 == 0:
                 scores = np.round(scores, 1) + 0.1  # many ties
-            terms.append(keyword_topk.TermPostings(rows, scores, float(scores.max())))
+            bound = float(scores.max()) * rng.choice([1.0, 1.5])  # exact or loose
+            terms.append(
+                keyword_topk.TermPostings(
+                    rows, bound, lambda at, s=scores: s if at is None else s[at]
+                )
+            )
         if trial % 5 == 1:
             terms.append(terms[0])  # a word twice: two phrases, counted twice
         allowed = None
@@ -240,7 +245,7 @@ def test_maxscore_gives_the_full_sums_rows_and_doubles():
 def every_posting(terms, k, size, allowed):
     """The reference: every posting of every term summed, in query order."""
     rows = np.concatenate([t.rows for t in terms])
-    totals = np.bincount(rows, weights=np.concatenate([t.scores for t in terms]), minlength=size)
+    totals = np.bincount(rows, weights=np.concatenate([t.scores() for t in terms]), minlength=size)
     if allowed is not None:
         totals = totals[allowed]
     best = keyword_topk.best_positions(totals, k)

@@ -13,8 +13,7 @@ remaining candidates are then summed over every term in the query's order, the o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -28,13 +27,33 @@ TERM_COST = 32
 LOOKUP_COST = 8
 
 
-class TermPostings(NamedTuple):
-    """One query term: the row positions holding it (ascending), its contribution to each,
-    and the largest contribution."""
+class TermPostings:
+    """One query term: the row positions holding it (ascending), an upper bound of its
+    contribution to any row, and its contributions, computed for all of its postings (once) or
+    for some of them (``at``: positions into ``rows``) with the same operations."""
 
-    rows: np.ndarray
-    scores: np.ndarray
-    bound: float
+    def __init__(
+        self,
+        rows: np.ndarray,
+        bound: float,
+        contributions: Callable[[np.ndarray | None], np.ndarray],
+    ) -> None:
+        self.rows, self.bound = rows, bound
+        self._contributions = contributions
+        self._all: np.ndarray | None = None
+
+    def scores(self, at: np.ndarray | None = None) -> np.ndarray:
+        """The contributions at posting positions ``at`` (all postings: computed once)."""
+        if at is not None:
+            return self._contributions(at)
+        if self._all is None:
+            self._all = self._contributions(None)
+        return self._all
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held (the rows, and the contributions once computed, or to be)."""
+        return self.rows.nbytes + 8 * len(self.rows)
 
 
 def top_rows(
@@ -62,7 +81,7 @@ def top_rows(
             left = np.count_nonzero(partial >= theta * (1 - MARGIN) - rest[used])
             if len(term.rows) > TERM_COST * left:  # cheaper to score those rows than add it
                 break
-        partial[term.rows] += term.scores  # a term's rows are distinct
+        partial[term.rows] += term.scores()  # a term's rows are distinct
         used += 1
         rows = term.rows if mask is None else term.rows[mask[term.rows]]
         if len(rows) >= k:  # the k-th best of some rows bounds the k-th best of all from below
@@ -82,15 +101,18 @@ def top_rows(
 
 
 def _contributions(term: TermPostings, rows: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """``term``'s contribution to each of ``rows`` (ascending; 0 where it is absent): looked
-    up in its postings, or for a short term spread into ``scratch`` (a row-sized array whose
-    values do not matter) and gathered."""
+    """``term``'s contribution to each of ``rows`` (ascending; 0 where it is absent): computed
+    for the postings found among them, or for a short term spread into ``scratch`` (a
+    row-sized array whose values do not matter) and gathered."""
     if len(term.rows) > LOOKUP_COST * len(rows):
         at = np.searchsorted(term.rows, rows)
         at[at == len(term.rows)] = 0
-        return np.where(term.rows[at] == rows, term.scores[at], 0.0)
+        hit = term.rows[at] == rows
+        out = np.zeros(len(rows))
+        out[hit] = term.scores(at[hit])
+        return out
     scratch[rows] = 0.0
-    scratch[term.rows] = term.scores
+    scratch[term.rows] = term.scores()
     return scratch[rows]
 
 

@@ -164,6 +164,7 @@ class KeywordMatrix:
         avgdl = float(total) / float(self.count) if self.count else 1.0
         every = self.lengths if self.added is None else np.r_[self.lengths, self.added.lengths]
         self._norm = K1 * ((1 - B) + (B * every.astype(np.float64)) / avgdl)
+        self._norm_min = float(self._norm.min()) if len(self._norm) else K1
         self._scores: dict[int, TermPostings] = {}
         self._score_bytes = 0
 
@@ -189,7 +190,7 @@ class KeywordMatrix:
 
     def _postings(self, term: str) -> TermPostings | None:
         """The row positions holding ``term`` now and its BM25 contributions to them, as
-        fts5Bm25Function computes them; ``None`` when no live row holds it."""
+        fts5Bm25Function computes them (cached per term); ``None`` when no live row holds it."""
         at = self._term.get(term)
         key = -1 if at is None else at
         if key in self._scores and at is not None:
@@ -215,19 +216,26 @@ class KeywordMatrix:
             return None
         rows = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         freq = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
-        freq = freq.astype(np.float64)  # weighted hits: exact in float32
-        # The operations of fts5Bm25Function in float64 (+ and * commute exactly in IEEE 754).
-        scores = freq * (K1 + 1.0)
-        freq += self._norm[rows]
-        scores /= freq
-        scores *= _idf(self.count, int(df))
-        postings = TermPostings(rows, scores, float(scores.max()))
+        idf, norm = _idf(self.count, int(df)), self._norm
+
+        def contributions(at: np.ndarray | None) -> np.ndarray:
+            # The operations of fts5Bm25Function in float64 (+ and * commute exactly in
+            # IEEE 754); weighted hits are exact in float32. The same doubles for any ``at``.
+            f = (freq if at is None else freq[at]).astype(np.float64)
+            scores = f * (K1 + 1.0)
+            f += norm[rows if at is None else rows[at]]
+            scores /= f
+            scores *= idf
+            return scores
+
+        most = float(freq.max())  # a bound: the most hits in the shortest row
+        bound = idf * (most * (K1 + 1.0)) / (most + self._norm_min)
+        postings = TermPostings(rows, bound, contributions)
         if at is not None:
             self._scores[key] = postings
-            self._score_bytes += postings.scores.nbytes + postings.rows.nbytes
+            self._score_bytes += postings.nbytes
             while self._score_bytes > SCORE_CACHE_BYTES and len(self._scores) > 1:
-                gone = self._scores.pop(next(iter(self._scores)))
-                self._score_bytes -= gone.scores.nbytes + gone.rows.nbytes
+                self._score_bytes -= self._scores.pop(next(iter(self._scores))).nbytes
         return postings
 
     def search(

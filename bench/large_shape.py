@@ -27,6 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encode import load_texts
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT.parent / "shared" / "fixtures" / "instructor-tiny"
 CORPUS = ROOT.parent / "shared" / "bench-data" / "scifact" / "corpus.jsonl"
@@ -88,17 +91,6 @@ def build_checkpoint(folder: Path) -> Path:
     return folder
 
 
-def passages(count: int) -> list[str]:
-    texts = []
-    with CORPUS.open() as handle:
-        for line in handle:
-            record = json.loads(line)
-            texts.append(f"{record.get('title', '')} {record['text']}".strip())
-            if len(texts) == count:
-                break
-    return texts
-
-
 def phase(folder: Path, kwargs: dict, texts: list[str]) -> dict:
     started = time.perf_counter()
     done = subprocess.run(
@@ -124,7 +116,7 @@ def main() -> None:
     folder = build_checkpoint(args.workdir / "instructor-large-shaped")
     built = time.perf_counter() - started
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    texts = passages(args.texts)
+    texts = load_texts(CORPUS, args.texts)
     cache = args.workdir / "onnx-cache"
     shutil.rmtree(cache, ignore_errors=True)
     print("# instructor-large's shape, random weights (bench/large_shape.py)\n")

@@ -63,7 +63,12 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=2000)
     parser.add_argument("--corpus", type=Path, default=SCIFACT)
     parser.add_argument("--model", default=None, help="default: the bundled model")
-    parser.add_argument("--documents-per-task", type=int, default=32)
+    parser.add_argument(
+        "--documents-per-task",
+        type=int,
+        default=None,
+        help="documents per Ray batch (default: batches sized by text, as the CLI does)",
+    )
     parser.add_argument(
         "--ray-niceness",
         default="0",

@@ -285,3 +285,19 @@ def test_without_ray_the_engine_names_the_extra(tmp_path):
     assert "pip install 'instructor-search[distributed]'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "index").exists()
+
+
+def test_batches_are_sized_by_text_so_each_worker_gets_several():
+    from instructor_search.documents import Document
+
+    docs = [Document(id=f"d{n}", text="word " * (50 + 400 * (n % 3))) for n in range(60)]
+    settings = BuildSettings()
+    groups = ray_engine.batches(docs, settings, 2, RaySettings())
+    assert [doc for group in groups for doc in group] == docs  # consecutive, all, in order
+    assert len(groups) >= 2 * ray_engine.BATCHES_PER_WORKER - 1
+    sizes = [sum(len(doc.text) for doc in group) for group in groups[:-1]]
+    assert max(sizes) < 2 * min(sizes)  # by text, not by count: long documents, fewer a batch
+    one_big = ray_engine.batches(docs[:1], settings, 2, RaySettings())
+    assert one_big == [docs[:1]]
+    fixed = ray_engine.batches(docs, settings, 2, RaySettings(documents_per_task=25))
+    assert [len(group) for group in fixed] == [25, 25, 10]

@@ -58,6 +58,12 @@ logger = logging.getLogger(__name__)
 EXTRA = "pip install 'instructor-search[distributed]'"
 #: Where shards go when no folder is given: inside the index folder.
 SHARDS_FOLDER = "ray-shards"
+#: Batches each worker gets at least, when batches are sized by text: the last batches
+#: leave a worker idle for less of the build.
+BATCHES_PER_WORKER = 8
+#: About how many characters of text a model token covers (English prose; a batch's size
+#: in chunks is estimated from it before the workers chunk the text).
+CHARS_PER_TOKEN = 4
 
 
 @dataclass(frozen=True)
@@ -74,8 +80,11 @@ class RaySettings:
     shards: str | os.PathLike[str] | None = None
     #: Keep the shard folders after they are ingested (removed by default).
     keep_shards: bool = False
-    #: Documents per Ray Data batch (one shard folder each).
-    documents_per_task: int = 32
+    #: Documents per Ray Data batch (one shard folder each). ``None`` groups documents by
+    #: their text's length instead: a batch is about ``pool_chunks`` chunks (sorted by length
+    #: within it, so it pads as little as a local build's pool), or less so that every worker
+    #: gets :data:`BATCHES_PER_WORKER` batches.
+    documents_per_task: int | None = None
     #: Ray's own logs and Ray Data's bars on the console.
     verbose: bool = False
 
@@ -99,7 +108,7 @@ def ray_settings(engine: str | RaySettings) -> RaySettings:
         raise InputError(f"engine must be 'local', 'ray' or RaySettings, got {engine!r}")
     if engine.workers is not None and engine.workers < 1:
         raise InputError(f"workers must be at least 1, got {engine.workers}")
-    if engine.documents_per_task < 1:
+    if engine.documents_per_task is not None and engine.documents_per_task < 1:
         raise InputError(f"documents_per_task must be at least 1, got {engine.documents_per_task}")
     require_ray()
     return engine
@@ -327,13 +336,12 @@ def _dataset(
     folder: Path,
     rest: list[tuple[Document, bool]],
 ) -> Any:
-    """The Ray Data pipeline: work items → :class:`EmbedShards` on an actor pool."""
+    """The Ray Data pipeline: one row per batch of work items → :class:`EmbedShards` on an
+    actor pool."""
     ray, ray_settings = session.ray, session.settings
-    per_task = ray_settings.documents_per_task
-    items = [work_item(doc) for doc, _ in rest]
-    dataset = ray.data.from_items(
-        items, override_num_blocks=max(1, math.ceil(len(items) / per_task))
-    )
+    groups = batches([doc for doc, _ in rest], settings, session.workers, ray_settings)
+    rows = [{"documents": json.dumps([work_item(doc) for doc in group])} for group in groups]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     return dataset.map_batches(
         EmbedShards,
         fn_constructor_kwargs={
@@ -344,12 +352,34 @@ def _dataset(
             "folder": str(folder.resolve()),
             "threads": session.threads,
         },
-        batch_size=per_task,
+        batch_size=1,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=session.workers),
         num_cpus=ray_settings.cpus_per_worker,
         num_gpus=ray_settings.gpus_per_worker or None,
     )  # Ray Data restarts an actor that died (kill -9, a lost node) and retries its batches
+
+
+def batches(
+    docs: list[Document], settings: BuildSettings, workers: int, ray_settings: RaySettings
+) -> list[list[Document]]:
+    """``docs`` cut into consecutive batches: ``documents_per_task`` each, or by text length
+    (see :attr:`RaySettings.documents_per_task`)."""
+    if ray_settings.documents_per_task is not None:
+        per = ray_settings.documents_per_task
+        return [docs[i : i + per] for i in range(0, len(docs), per)]
+    sizes = [len(doc.text) + len(doc.title) for doc in docs]
+    pool = settings.pool_chunks * settings.chunk.chunk_tokens * CHARS_PER_TOKEN
+    target = min(pool, sum(sizes) / (workers * BATCHES_PER_WORKER))
+    groups: list[list[Document]] = [[]]
+    filled = 0
+    for doc, size in zip(docs, sizes, strict=True):
+        if groups[-1] and filled + size / 2 > target:  # the document goes where it fits best
+            groups.append([])
+            filled = 0
+        groups[-1].append(doc)
+        filled += size
+    return [group for group in groups if group]
 
 
 def _ingest(

@@ -45,13 +45,14 @@ def batch_folder(items: list[dict[str, Any]]) -> str:
 
 
 def work_item(doc: Document) -> dict[str, Any]:
-    """A document as a row of the Ray dataset."""
+    """A document as an item of a batch (a row of the Ray dataset is one batch's items, as
+    JSON)."""
     return {
         "id": doc.id,
         "text": doc.text,
         "title": doc.title,
         "source": doc.source,
-        "metadata": json.dumps(doc.metadata),
+        "metadata": doc.metadata,
         "hash": doc.content_hash,
     }
 
@@ -93,15 +94,15 @@ class EmbedShards:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         from instructor_search.indexer.embedding import EMBED_SLICE, _chunk
 
-        items = [{name: batch[name][i] for name in batch} for i in range(len(batch["id"]))]
+        items = [item for row in batch["documents"] for item in json.loads(str(row))]
         rows, failures, empty = [], [], []
         for item in items:
             doc = Document(
-                id=str(item["id"]),
-                text=str(item["text"]),
-                title=str(item["title"]),
-                source=str(item["source"]),
-                metadata=json.loads(str(item["metadata"])),
+                id=item["id"],
+                text=item["text"],
+                title=item["title"],
+                source=item["source"],
+                metadata=item["metadata"],
             )
             try:
                 pieces = _chunk(doc, self.chunkers, self.model, self.max_text)
@@ -110,7 +111,7 @@ class EmbedShards:
                 continue
             if not pieces:
                 empty.append(doc.id)
-            rows += [(doc, str(item["hash"]), piece) for piece in pieces]
+            rows += [(doc, item["hash"], piece) for piece in pieces]
         order = sorted(range(len(rows)), key=lambda i: -rows[i][2][2])  # longest first
         vectors = np.empty((len(rows), self.manifest.dimension), dtype=np.float32)
         for start in range(0, len(order), EMBED_SLICE):

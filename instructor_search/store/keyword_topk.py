@@ -81,23 +81,33 @@ def top_rows(
             left = np.count_nonzero(partial >= theta * (1 - MARGIN) - rest[used])
             if len(term.rows) > TERM_COST * left:  # cheaper to score those rows than add it
                 break
-        partial[term.rows] += term.scores()  # a term's rows are distinct
+        np.add.at(partial, term.rows, term.scores())  # a term's rows are distinct
         used += 1
         rows = term.rows if mask is None else term.rows[mask[term.rows]]
         if len(rows) >= k:  # the k-th best of some rows bounds the k-th best of all from below
-            theta = max(theta, float(np.partition(partial[rows], len(rows) - k)[len(rows) - k]))
+            theta = _raised(partial.take(rows), k, theta)
     floor = theta * (1 - MARGIN) - rest[used]  # a row below it cannot reach the k-th best
     candidates = np.flatnonzero(partial >= floor) if floor > 0 else np.flatnonzero(partial)
     if mask is not None:
         candidates = candidates[mask[candidates]]
+    keys = candidates.astype(np.int32) if size < 2**31 else candidates  # as the postings' rows
     totals = np.zeros(len(candidates))
     for term in terms:  # in query order: the additions a full sum makes, the same doubles
-        totals += _contributions(term, candidates, partial)
+        totals += _contributions(term, keys, partial)
     best = best_positions(totals, k)
     if ties and len(best) == k:  # every row tied with the k-th is a candidate
         tied = np.flatnonzero(totals == totals[best[-1]])
         best = np.concatenate([best, tied[~np.isin(tied, best)]])
     return candidates[best], totals[best]
+
+
+def _raised(values: np.ndarray, k: int, theta: float) -> float:
+    """The ``k``-th largest of ``values`` where it is above ``theta``, else ``theta`` (only
+    the values above ``theta`` are partitioned)."""
+    above = values[values > theta] if theta > 0 else values
+    if len(above) < k:
+        return theta
+    return float(np.partition(above, len(above) - k)[len(above) - k])
 
 
 def _contributions(term: TermPostings, rows: np.ndarray, scratch: np.ndarray) -> np.ndarray:

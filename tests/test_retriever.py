@@ -6,6 +6,7 @@ import itertools
 import multiprocessing
 import queue
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 
@@ -220,6 +221,21 @@ def test_search_batch_equals_search(retriever):
     assert retriever.search_batch([], k=3) == []
     with pytest.raises(InputError):
         retriever.search_batch("one string")
+
+
+def test_threads_sharing_a_retriever_get_the_serial_hits(retriever):
+    """Hybrid embeds the query on a worker thread while the keyword side runs: threads that
+    share one Retriever get what one thread gets, with and without a filter."""
+    queries = ["neutron stars", "index funds and bonds", "how to thicken a sauce", "light"]
+    cases = [(q, where) for q in queries for where in (None, {"topic": "finance"})]
+
+    def hits(case: tuple[str, dict | None]) -> list[tuple[int, float]]:
+        found = retriever.search(case[0], k=4, where=case[1], mode="hybrid")
+        return [(h.chunk_id, h.score) for h in found]
+
+    serial = [hits(case) for case in cases]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(hits, cases * 3)) == serial * 3
 
 
 def test_mmr_gives_diverse_hits(tmp_path, bundled):

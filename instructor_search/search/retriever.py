@@ -7,7 +7,9 @@ are); then each document keeps its best chunk. MMR reranks the best ``4k`` candi
 (:func:`~instructor_search.search.ranking.mmr_order`). Equal scores are ordered by document id,
 then chunk ordinal (:func:`~instructor_search.search.ranking.stable_order`), never by row ids,
 which differ between builds of the same corpus; a candidate list is cut only between two
-different scores: ties at the cut are fetched whole and ordered, then the list is cut.
+different scores: ties at the cut are fetched whole and ordered, then the list is cut. A
+hybrid query is embedded on a worker thread while its keyword list is found
+(:mod:`~instructor_search.search.embedding`): it costs the slower of the two, not their sum.
 
 Queries are checked against the index (``k``, ``mode``, ``where``'s fields and values) before
 any model loads, and the model loads on the first query that needs it (never for
@@ -21,6 +23,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +35,8 @@ from ..encoder.instructor import Instructor
 from ..encoder.query import QueryEncoder
 from ..errors import InputError
 from ..store.index import ChunkRecord, Index
+from .comparison import Comparison, compared
+from .embedding import embedding
 from .models import checked, model_for
 from .ranking import fuse, mmr_order, stable_order, through_ties
 
@@ -74,40 +79,6 @@ class Hit:
         data = asdict(self)
         data["span"] = list(self.span)
         return data
-
-
-@dataclass(frozen=True)
-class Movement:
-    """Where a hit of ranking B stood in ranking A: ``change`` is new, up, down or same."""
-
-    hit: Hit
-    change: str
-    previous_rank: int | None
-
-    @property
-    def delta(self) -> int:
-        """Positions moved up (positive) or down (negative); 0 when same or new."""
-        return 0 if self.previous_rank is None else self.previous_rank - self.hit.rank
-
-    @property
-    def label(self) -> str:
-        """``"new"``, ``"up 3"``, ``"down 2"`` or ``"same"``."""
-        if self.change in ("new", "same"):
-            return self.change
-        return f"{self.change} {abs(self.delta)}"
-
-
-@dataclass
-class Comparison:
-    """Two rankings of one query under two instructions, and how B moved against A."""
-
-    query: str
-    instruction_a: str
-    instruction_b: str
-    hits_a: list[Hit]
-    hits_b: list[Hit]
-    movements: list[Movement]  # one per hit of B, in B's order
-    dropped: list[Hit]  # hits of A that are not among B's
 
 
 class Retriever:
@@ -210,20 +181,8 @@ class Retriever:
         hits_a, hits_b = self._search(
             [(query, instruction_a), (query, instruction_b)], k, **options
         )
-        by_doc = bool(options.get("documents"))
-
-        def key(hit: Hit) -> Any:
-            return hit.doc_id if by_doc else hit.chunk_id
-
-        rank_a = {key(h): h.rank for h in hits_a}
-        movements = []
-        for hit in hits_b:
-            before = rank_a.get(key(hit))
-            change = "new" if before is None else _change(before, hit.rank)
-            movements.append(Movement(hit, change, before))
-        in_b = {key(h) for h in hits_b}
-        dropped = [h for h in hits_a if key(h) not in in_b]
-        return Comparison(query, instruction_a, instruction_b, hits_a, hits_b, movements, dropped)
+        instructions = (instruction_a, instruction_b)
+        return compared(query, instructions, hits_a, hits_b, bool(options.get("documents")))
 
     def close(self) -> None:
         """Close the index if this Retriever opened it."""
@@ -264,10 +223,9 @@ class Retriever:
         if where:
             self.index.matching_chunk_ids(where)  # a bad filter fails here, before any model loads
         vectors = None
-        if mode != "keyword":
-            vectors = self.model.encode(
-                [[instruction, query] for query, instruction in pairs], normalize_embeddings=True
-            )
+        if mode != "keyword":  # hybrid: embedded while the keyword side runs (_candidates)
+            inputs = [[instruction, query] for query, instruction in pairs]
+            vectors = embedding(self.model, inputs, background=mode == "hybrid")
         for _ in range(_RETRIES):
             ranked = self._ranked(pairs, vectors, k, where, mode, mmr, documents)
             wanted = list(dict.fromkeys(cid for ranking in ranked for cid, _ in ranking[:k]))
@@ -284,7 +242,7 @@ class Retriever:
     def _ranked(
         self,
         pairs: list[tuple[str, str]],
-        vectors: np.ndarray | None,
+        vectors: Future[np.ndarray] | None,
         k: int,
         where: Mapping[str, Any] | None,
         mode: str,
@@ -314,7 +272,7 @@ class Retriever:
     def _candidates(
         self,
         queries: list[str],
-        vectors: np.ndarray | None,
+        vectors: Future[np.ndarray] | None,
         rows: list[int],
         depth: int,
         where: Mapping[str, Any] | None,
@@ -322,12 +280,12 @@ class Retriever:
     ) -> list[tuple[list[tuple[int, float]], bool]]:
         """Per query: the mode's ranking at ``depth`` and whether a list was cut at ``depth``
         (so that more candidates exist)."""
+        keyword = [self._keyword(q, depth, where) for q in queries] if mode != "dense" else []
         dense: list[list[tuple[int, float]]] = []
         if vectors is not None:
-            dense = self._dense(vectors[rows], depth, where)
+            dense = self._dense(vectors.result()[rows], depth, where)
         if mode == "dense":
             return [(ranking, len(ranking) >= depth) for ranking in dense]
-        keyword = [self._keyword(q, depth, where) for q in queries]
         if mode == "keyword":
             return [(ranking, len(ranking) >= depth) for ranking in keyword]
         return [(fuse(d, kw), len(d) >= depth or len(kw) >= depth) for d, kw in zip(dense, keyword)]
@@ -409,10 +367,6 @@ def _one_thread(few: bool) -> Iterator[None]:
     finally:
         if few and threads > 1:
             faiss.omp_set_num_threads(threads)
-
-
-def _change(before: int, now: int) -> str:
-    return "up" if before > now else "down" if before < now else "same"
 
 
 def _check_options(k: Any, mode: Any, mmr: Any) -> None:

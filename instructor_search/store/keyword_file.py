@@ -14,6 +14,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from .keywords import KeywordMatrix, KeywordMatrixError
 MAGIC = b"ISKW"
 VERSION = 2
 _HEADER = struct.Struct("<4sHHqqqqIQ")
+_BLOCK = 1 << 24  # bytes read at a time for the checks (a multiple of 4)
 
 
 def save(matrix: KeywordMatrix, path: str | os.PathLike) -> None:
@@ -61,6 +63,11 @@ def load(path: str | os.PathLike) -> KeywordMatrix:
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        return _loaded(path, data, handle)
+
+
+def _loaded(path: str | os.PathLike, data: mmap.mmap | bytes, handle: BinaryIO) -> KeywordMatrix:
+    """:func:`load` of the open file ``handle``, memory-mapped as ``data``."""
     if len(data) < _HEADER.size:
         raise KeywordMatrixError(f"{path}: truncated ({len(data)} bytes)")
     magic, version, _, generation, nrows, nterms, npostings, crc, length = _HEADER.unpack_from(data)
@@ -71,8 +78,6 @@ def load(path: str | os.PathLike) -> KeywordMatrix:
     payload = memoryview(data)[_HEADER.size :]
     if len(payload) != length:
         raise KeywordMatrixError(f"{path}: truncated ({len(payload)} of {length} payload bytes)")
-    if zlib.crc32(payload) != crc:
-        raise KeywordMatrixError(f"{path}: checksum mismatch")
     arrays, at = [], 0
     for dtype, count in (
         ("<i8", nrows),
@@ -86,6 +91,10 @@ def load(path: str | os.PathLike) -> KeywordMatrix:
             raise KeywordMatrixError(f"{path}: header counts exceed the payload")
         arrays.append(np.frombuffer(payload, dtype=dtype, count=count, offset=at))
         at += size
+    rows_at = 8 * nrows + 4 * nrows + 8 * (nterms + 1)
+    checksum, low, high = _read_check(handle, length, (rows_at, rows_at + 4 * npostings))
+    if checksum != crc:
+        raise KeywordMatrixError(f"{path}: checksum mismatch")
     tokenize, *vocabulary = bytes(payload[at:]).decode("utf-8").split("\0")
     chunk_ids, lengths, offsets, rows, freq = arrays
     if (
@@ -93,7 +102,28 @@ def load(path: str | os.PathLike) -> KeywordMatrix:
         or offsets[0] != 0
         or offsets[-1] != npostings
         or np.any(np.diff(offsets) < 0)
-        or (npostings and (rows.min() < 0 or rows.max() >= nrows))
+        or low < 0
+        or high >= nrows
     ):
         raise KeywordMatrixError(f"{path}: inconsistent postings")
     return KeywordMatrix(generation, tokenize, chunk_ids, lengths, vocabulary, offsets, rows, freq)
+
+
+def _read_check(handle: BinaryIO, length: int, rows: tuple[int, int]) -> tuple[int, int, int]:
+    """``(crc32, least, largest)``: the checksum of the ``length`` payload bytes and the range of
+    the posting rows at payload bytes ``rows`` (start, end; multiples of 4), read in blocks
+    through the page cache: a check through the memory map would make every page of the file
+    resident in this process (its RSS), where queries touch only their terms' postings."""
+    crc, low, high, done = 0, 0, -1, 0
+    handle.seek(_HEADER.size)
+    while done < length:
+        block = handle.read(min(_BLOCK, length - done))
+        if not block:
+            break
+        crc = zlib.crc32(block, crc)
+        start, end = max(rows[0], done), min(rows[1], done + len(block))
+        if start < end:
+            values = np.frombuffer(block, "<i4", (end - start) // 4, start - done)
+            low, high = min(low, int(values.min())), max(high, int(values.max()))
+        done += len(block)
+    return crc, low, high

@@ -13,6 +13,7 @@ remaining candidates are then summed over every term in the query's order, the o
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -30,17 +31,20 @@ LOOKUP_COST = 8
 class TermPostings:
     """One query term: the row positions holding it (ascending), an upper bound of its
     contribution to any row, and its contributions, computed for all of its postings (once) or
-    for some of them (``at``: positions into ``rows``) with the same operations."""
+    for some of them (``at``: positions into ``rows``) with the same operations. ``held`` is
+    the bytes of the copies made for it (0 where ``rows`` is a view of the file)."""
 
     def __init__(
         self,
         rows: np.ndarray,
         bound: float,
         contributions: Callable[[np.ndarray | None], np.ndarray],
+        held: int = 0,
     ) -> None:
-        self.rows, self.bound = rows, bound
+        self.rows, self.bound, self.held = rows, bound, held
         self._contributions = contributions
         self._all: np.ndarray | None = None
+        self.grown: Callable[[int], None] | None = None  # told the bytes of all contributions
 
     def scores(self, at: np.ndarray | None = None) -> np.ndarray:
         """The contributions at posting positions ``at`` (all postings: computed once)."""
@@ -48,12 +52,44 @@ class TermPostings:
             return self._contributions(at)
         if self._all is None:
             self._all = self._contributions(None)
+            if self.grown is not None:
+                self.grown(self._all.nbytes)
         return self._all
 
     @property
     def nbytes(self) -> int:
-        """Memory held (the rows, and the contributions once computed, or to be)."""
-        return self.rows.nbytes + 8 * len(self.rows)
+        """Memory of its own: the copies made for it, and its contributions once computed."""
+        return self.held + (0 if self._all is None else self._all.nbytes)
+
+
+class TermCache:
+    """The postings of the terms last asked for, least recently used dropped first, bounded by
+    the memory they hold of their own (:attr:`TermPostings.nbytes`) and by their number."""
+
+    def __init__(self, max_bytes: int, max_terms: int) -> None:
+        self.max_bytes, self.max_terms = max_bytes, max_terms
+        self._terms: OrderedDict[int, TermPostings] = OrderedDict()
+        self.nbytes = 0
+
+    def get(self, key: int) -> TermPostings | None:
+        found = self._terms.get(key)
+        if found is not None:
+            self._terms.move_to_end(key)
+        return found
+
+    def put(self, key: int, postings: TermPostings) -> None:
+        postings.grown = self._grown
+        self._terms[key] = postings
+        self._grown(postings.nbytes)
+
+    def _grown(self, nbytes: int) -> None:
+        self.nbytes += nbytes
+        while len(self._terms) > 1 and (
+            self.nbytes > self.max_bytes or len(self._terms) > self.max_terms
+        ):
+            _, oldest = self._terms.popitem(last=False)
+            oldest.grown = None
+            self.nbytes -= oldest.nbytes
 
 
 def top_rows(

@@ -56,7 +56,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import IndexStoreError
-from .keyword_topk import TermPostings, top_rows
+from .keyword_topk import TermCache, TermPostings, top_rows
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,11 @@ log = logging.getLogger(__name__)
 K1, B = 1.2, 0.75
 #: Instances of terms read from FTS5 per query while building (bounds the memory used).
 SLICE_INSTANCES = 4_000_000
-#: Bytes of computed BM25 contributions a matrix keeps (the common words of queries; a word in
-#: every row of a million-chunk index takes 8 MB): the oldest terms go first.
-SCORE_CACHE_BYTES = 256 * 2**20
+#: Bytes of computed BM25 contributions (and of postings copied) a matrix keeps for the terms
+#: of recent queries (all the postings of a word in every row of a million chunks: 8 MB), and
+#: how many terms at most: the least recently used go first.
+SCORE_CACHE_BYTES = 64 * 2**20
+SCORE_CACHE_TERMS = 8192
 
 _TERM = re.compile(r"[^\W_]+")  # what FTS5's unicode61 tokenizer calls a token
 _TOKENIZE = re.compile(r"\btokenize\s*=\s*'((?:[^']|'')*)'", re.IGNORECASE)
@@ -165,8 +167,7 @@ class KeywordMatrix:
         every = self.lengths if self.added is None else np.r_[self.lengths, self.added.lengths]
         self._norm = K1 * ((1 - B) + (B * every.astype(np.float64)) / avgdl)
         self._norm_min = float(self._norm.min()) if len(self._norm) else K1
-        self._scores: dict[int, TermPostings] = {}
-        self._score_bytes = 0
+        self._scores = TermCache(SCORE_CACHE_BYTES, SCORE_CACHE_TERMS)
 
     def with_delta(
         self, generation: int, added: KeywordMatrix | None, deleted: KeywordMatrix | None
@@ -192,9 +193,9 @@ class KeywordMatrix:
         """The row positions holding ``term`` now and its BM25 contributions to them, as
         fts5Bm25Function computes them (cached per term); ``None`` when no live row holds it."""
         at = self._term.get(term)
-        key = -1 if at is None else at
-        if key in self._scores and at is not None:
-            return self._scores[key]
+        cached = None if at is None else self._scores.get(at)
+        if cached is not None:
+            return cached
         parts, df = [], 0
         if at is not None:
             a, b = self.offsets[at], self.offsets[at + 1]
@@ -230,12 +231,12 @@ class KeywordMatrix:
 
         most = float(freq.max())  # a bound: the most hits in the shortest row
         bound = idf * (most * (K1 + 1.0)) / (most + self._norm_min)
-        postings = TermPostings(rows, bound, contributions)
+        copied = len(parts) > 1 or self._alive is not None
+        postings = TermPostings(
+            rows, bound, contributions, rows.nbytes + freq.nbytes if copied else 0
+        )
         if at is not None:
-            self._scores[key] = postings
-            self._score_bytes += postings.nbytes
-            while self._score_bytes > SCORE_CACHE_BYTES and len(self._scores) > 1:
-                self._score_bytes -= self._scores.pop(next(iter(self._scores))).nbytes
+            self._scores.put(at, postings)
         return postings
 
     def search(

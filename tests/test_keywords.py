@@ -242,6 +242,29 @@ def test_maxscore_gives_the_full_sums_rows_and_doubles():
     assert pruned > 100
 
 
+def test_term_cache_counts_its_own_memory_and_drops_the_least_recently_used():
+    def term(n: int) -> keyword_topk.TermPostings:
+        return keyword_topk.TermPostings(np.arange(n), 1.0, lambda at: np.ones(n))
+
+    cache = keyword_topk.TermCache(max_bytes=100, max_terms=3)
+    a, b, c = term(5), term(5), term(5)
+    cache.put(1, a)
+    cache.put(2, b)
+    assert cache.nbytes == 0  # views of the file hold nothing of their own
+    a.scores()
+    assert cache.nbytes == 40  # its contributions, once computed
+    assert cache.get(1) is a  # now the most recently used
+    cache.put(3, c)
+    cache.put(4, term(1))  # a fourth term: the least recently used (2) goes
+    assert cache.get(2) is None and cache.get(1) is a and cache.get(3) is c
+    c.scores()
+    big = term(8)
+    cache.put(5, big)
+    big.scores()  # 40 + 40 + 64 bytes > 100: the oldest go until it fits
+    assert cache.nbytes <= 100 and cache.get(5) is big
+    assert cache.nbytes == sum(p.nbytes for p in cache._terms.values())
+
+
 def every_posting(terms, k, size, allowed):
     """The reference: every posting of every term summed, in query order."""
     rows = np.concatenate([t.rows for t in terms])

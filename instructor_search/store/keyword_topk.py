@@ -105,11 +105,10 @@ def top_rows(
     number of rows."""
     order = sorted(range(len(terms)), key=lambda i: len(terms[i].rows))
     rest = [*np.cumsum([terms[i].bound for i in reversed(order)])[::-1].tolist(), 0.0]
-    mask = None
-    if allowed is not None:
-        mask = np.zeros(size, dtype=bool)
-        mask[allowed] = True
     partial = np.zeros(size)
+    if allowed is not None:  # rows not allowed stay below every bound: never a candidate
+        partial = np.full(size, -np.inf)
+        partial[allowed] = 0.0
     theta, used = 0.0, 0
     while used < len(order):
         term = terms[order[used]]
@@ -119,13 +118,10 @@ def top_rows(
                 break
         np.add.at(partial, term.rows, term.scores())  # a term's rows are distinct
         used += 1
-        rows = term.rows if mask is None else term.rows[mask[term.rows]]
-        if len(rows) >= k:  # the k-th best of some rows bounds the k-th best of all from below
-            theta = _raised(partial.take(rows), k, theta)
+        if len(term.rows) >= k:  # the k-th best of some rows bounds the k-th best of all
+            theta = _raised(partial.take(term.rows), k, theta)
     floor = theta * (1 - MARGIN) - rest[used]  # a row below it cannot reach the k-th best
-    candidates = np.flatnonzero(partial >= floor) if floor > 0 else np.flatnonzero(partial)
-    if mask is not None:
-        candidates = candidates[mask[candidates]]
+    candidates = np.flatnonzero(partial >= floor if floor > 0 else partial > 0)
     keys = candidates.astype(np.int32) if size < 2**31 else candidates  # as the postings' rows
     totals = np.zeros(len(candidates))
     for term in terms:  # in query order: the additions a full sum makes, the same doubles
@@ -138,9 +134,9 @@ def top_rows(
 
 
 def _raised(values: np.ndarray, k: int, theta: float) -> float:
-    """The ``k``-th largest of ``values`` where it is above ``theta``, else ``theta`` (only
-    the values above ``theta`` are partitioned)."""
-    above = values[values > theta] if theta > 0 else values
+    """The ``k``-th largest of ``values`` where it is above ``theta`` (>= 0), else ``theta``
+    (only the values above ``theta`` are partitioned)."""
+    above = values[values > theta]
     if len(above) < k:
         return theta
     return float(np.partition(above, len(above) - k)[len(above) - k])

@@ -69,6 +69,8 @@ SLICE_INSTANCES = 4_000_000
 #: how many terms at most: the least recently used go first.
 SCORE_CACHE_BYTES = 64 * 2**20
 SCORE_CACHE_TERMS = 8192
+#: Allow-lists (a filter's chunk ids) whose row positions a matrix keeps.
+ALLOWED_CACHE = 4
 
 _TERM = re.compile(r"[^\W_]+")  # what FTS5's unicode61 tokenizer calls a token
 _TOKENIZE = re.compile(r"\btokenize\s*=\s*'((?:[^']|'')*)'", re.IGNORECASE)
@@ -168,6 +170,7 @@ class KeywordMatrix:
         self._norm = K1 * ((1 - B) + (B * every.astype(np.float64)) / avgdl)
         self._norm_min = float(self._norm.min()) if len(self._norm) else K1
         self._scores = TermCache(SCORE_CACHE_BYTES, SCORE_CACHE_TERMS)
+        self._allowed: list[tuple[np.ndarray, np.ndarray]] = []  # allow-list, its positions
 
     def with_delta(
         self, generation: int, added: KeywordMatrix | None, deleted: KeywordMatrix | None
@@ -239,6 +242,21 @@ class KeywordMatrix:
             self._scores.put(at, postings)
         return postings
 
+    def _positions(self, allowed: np.ndarray) -> np.ndarray:
+        """The sorted row positions of the chunk ids ``allowed`` that this matrix holds; kept
+        for the last few allow-lists (the store hands the same array back for a filter)."""
+        for held, positions in self._allowed:
+            if held is allowed:  # the same array object: a reference is kept, never reused
+                return positions
+        wanted = np.asarray(allowed, dtype=np.int64)
+        at = np.searchsorted(self.chunk_ids, wanted)
+        held = at < len(self.chunk_ids)
+        positions = at[held][self.chunk_ids[at[held]] == wanted[held]]
+        if len(positions) > 1 and not np.all(positions[1:] > positions[:-1]):
+            positions = np.unique(positions)  # the store's allow-lists are sorted already
+        self._allowed = [(allowed, positions), *self._allowed[: ALLOWED_CACHE - 1]]
+        return positions
+
     def search(
         self,
         words: Sequence[str],
@@ -256,14 +274,7 @@ class KeywordMatrix:
         found = [p for p in (self._postings(t[0]) for t in tokens) if p is not None]
         if not found:
             return []
-        candidates = None
-        if allowed is not None:
-            allowed = np.asarray(allowed, dtype=np.int64)
-            at = np.searchsorted(self.chunk_ids, allowed)
-            held = at < len(self.chunk_ids)
-            candidates = at[held][self.chunk_ids[at[held]] == allowed[held]]
-            if len(candidates) > 1 and not np.all(candidates[1:] > candidates[:-1]):
-                candidates = np.unique(candidates)  # the store's allow-lists are sorted already
+        candidates = None if allowed is None else self._positions(allowed)
         positions, totals = top_rows(found, k, len(self.chunk_ids), candidates, ties)
         return [
             (int(c), float(s)) for c, s in zip(self.chunk_ids[positions].tolist(), totals.tolist())

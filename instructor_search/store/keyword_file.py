@@ -14,7 +14,6 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -24,7 +23,7 @@ from .keywords import KeywordMatrix, KeywordMatrixError
 MAGIC = b"ISKW"
 VERSION = 2
 _HEADER = struct.Struct("<4sHHqqqqIQ")
-_BLOCK = 1 << 24  # bytes read at a time for the checks (a multiple of 4)
+_BLOCK = 1 << 24  # bytes checked at a time (a multiple of the page size)
 
 
 def save(matrix: KeywordMatrix, path: str | os.PathLike) -> None:
@@ -63,11 +62,6 @@ def load(path: str | os.PathLike) -> KeywordMatrix:
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        return _loaded(path, data, handle)
-
-
-def _loaded(path: str | os.PathLike, data: mmap.mmap | bytes, handle: BinaryIO) -> KeywordMatrix:
-    """:func:`load` of the open file ``handle``, memory-mapped as ``data``."""
     if len(data) < _HEADER.size:
         raise KeywordMatrixError(f"{path}: truncated ({len(data)} bytes)")
     magic, version, _, generation, nrows, nterms, npostings, crc, length = _HEADER.unpack_from(data)
@@ -92,7 +86,7 @@ def _loaded(path: str | os.PathLike, data: mmap.mmap | bytes, handle: BinaryIO) 
         arrays.append(np.frombuffer(payload, dtype=dtype, count=count, offset=at))
         at += size
     rows_at = 8 * nrows + 4 * nrows + 8 * (nterms + 1)
-    checksum, low, high = _read_check(handle, length, (rows_at, rows_at + 4 * npostings))
+    checksum, low, high = _checked(data, length, (rows_at, rows_at + 4 * npostings))
     if checksum != crc:
         raise KeywordMatrixError(f"{path}: checksum mismatch")
     tokenize, *vocabulary = bytes(payload[at:]).decode("utf-8").split("\0")
@@ -109,21 +103,23 @@ def _loaded(path: str | os.PathLike, data: mmap.mmap | bytes, handle: BinaryIO) 
     return KeywordMatrix(generation, tokenize, chunk_ids, lengths, vocabulary, offsets, rows, freq)
 
 
-def _read_check(handle: BinaryIO, length: int, rows: tuple[int, int]) -> tuple[int, int, int]:
+def _checked(data: mmap.mmap | bytes, length: int, rows: tuple[int, int]) -> tuple[int, int, int]:
     """``(crc32, least, largest)``: the checksum of the ``length`` payload bytes and the range of
-    the posting rows at payload bytes ``rows`` (start, end; multiples of 4), read in blocks
-    through the page cache: a check through the memory map would make every page of the file
-    resident in this process (its RSS), where queries touch only their terms' postings."""
-    crc, low, high, done = 0, 0, -1, 0
-    handle.seek(_HEADER.size)
-    while done < length:
-        block = handle.read(min(_BLOCK, length - done))
-        if not block:
-            break
-        crc = zlib.crc32(block, crc)
-        start, end = max(rows[0], done), min(rows[1], done + len(block))
-        if start < end:
-            values = np.frombuffer(block, "<i4", (end - start) // 4, start - done)
+    the posting rows at payload bytes ``rows`` (start, end; multiples of 4), block by block;
+    each block's pages are then released from this process (they stay in the page cache), so
+    the map is resident only where queries touch it, not whole (its RSS)."""
+    crc, low, high = 0, 0, -1
+    view = memoryview(data)
+    release = getattr(data, "madvise", None) if hasattr(mmap, "MADV_DONTNEED") else None
+    end = _HEADER.size + length
+    for block in range(0, end, _BLOCK):  # file offsets, page-aligned
+        a, b = max(block, _HEADER.size), min(block + _BLOCK, end)
+        crc = zlib.crc32(view[a:b], crc)
+        first, last = max(rows[0], a - _HEADER.size), min(rows[1], b - _HEADER.size)
+        if first < last:
+            values = np.frombuffer(data, "<i4", (last - first) // 4, _HEADER.size + first)
             low, high = min(low, int(values.min())), max(high, int(values.max()))
-        done += len(block)
+        if release is not None:
+            release(mmap.MADV_DONTNEED, block, min(_BLOCK, len(data) - block))
+    view.release()
     return crc, low, high

@@ -90,8 +90,10 @@ def ingest_into(
     stored = index.document_hashes()
     seen: set[str] = set()
     batch: list[tuple[Document, list[Chunk], np.ndarray, bool]] = []
+    batched_chunks = 0
 
     def flush() -> None:
+        nonlocal batched_chunks
         if not batch:
             return
         index.upsert([(doc, chunks, vectors) for doc, chunks, vectors, _ in batch])
@@ -102,6 +104,7 @@ def ingest_into(
             else:
                 report.documents_added += 1
         batch.clear()
+        batched_chunks = 0
 
     for folder, manifest in zip(folders, manifests, strict=True):
         for file in shard_files(folder):
@@ -122,7 +125,8 @@ def ingest_into(
                             for chunk, count in zip(chunks, counts, strict=True)
                         ]
                     batch.append((pending, chunks, vectors, is_update))
-                if len(batch) >= BATCH_DOCUMENTS or sum(len(b[1]) for b in batch) >= BATCH_CHUNKS:
+                    batched_chunks += len(chunks)
+                if len(batch) >= BATCH_DOCUMENTS or batched_chunks >= BATCH_CHUNKS:
                     flush()
     flush()
     if sync:

@@ -247,3 +247,26 @@ def test_bad_document_is_counted_and_not_half_stored(shards, tmp_path, damage):
         assert doc_id not in ix.document_hashes()
         (n,) = ix._db.execute("SELECT count(*) FROM chunks WHERE doc_id = ?", [doc_id]).fetchone()
         assert n == 0
+
+
+def test_document_text_rebuilt_from_chunks_is_the_spans_written_in_order():
+    import random
+
+    from instructor_search.documents import Chunk
+    from instructor_search.store.shards import _text
+
+    def painted(chunks):  # every chunk's text written over its span, in order
+        text = [" "] * max((c.end for c in chunks), default=0)
+        for c in chunks:
+            text[c.start : c.end] = c.text
+        return "".join(text)
+
+    rng = random.Random(7)
+    for _ in range(500):
+        chunks, start = [], rng.randrange(4)
+        for ordinal in range(rng.randrange(1, 6)):
+            size = rng.randrange(0, 9)
+            text = "".join(rng.choice("abc") for _ in range(size))
+            chunks.append(Chunk(ordinal, text, start, start + size, 0))
+            start = max(0, start + rng.randrange(-3, 10))  # overlaps, gaps, shorter spans
+        assert _text(chunks) == painted(chunks)

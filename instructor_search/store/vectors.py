@@ -188,10 +188,23 @@ def held_out_queries(vectors: np.ndarray, sample: int = RECALL_SAMPLE, seed: int
     return queries / np.linalg.norm(queries, axis=1, keepdims=True)
 
 
+#: Vectors scored against all queries at once by :func:`_exact_top10` (numpy's BLAS: about 5x
+#: faster here than ``faiss.IndexFlatIP.search`` for a few hundred queries).
+EXACT_BLOCK = 65_536
+
+
 def _exact_top10(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    _, rows = exact.search(queries, min(10, len(vectors)))
+    """The ids of each query's 10 best vectors by inner product (fewer if there are fewer)."""
+    k = min(10, len(vectors))
+    best = np.empty((len(queries), 0), np.float32)
+    rows = np.empty((len(queries), 0), np.int64)
+    for start in range(0, len(vectors), EXACT_BLOCK):
+        block = vectors[start : start + EXACT_BLOCK]
+        scores = np.hstack([best, queries @ block.T])
+        here = np.arange(start, start + len(block))
+        rows = np.hstack([rows, np.broadcast_to(here, (len(queries), len(block)))])
+        keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        best, rows = np.take_along_axis(scores, keep, 1), np.take_along_axis(rows, keep, 1)
     return ids[rows]
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from instructor_search.documents import Document
 from instructor_search.store.index import Index
 
-from .doc_ids import DocumentIds, under
+from .doc_ids import DocumentIds, under_any
 from .progress import READING, BuildProgress, ProgressCallback
 from .readers import Kept, ReaderSettings, ReadFailure, Skipped, scan
 
@@ -55,7 +55,7 @@ class _Stored:
         self.sources = {doc_id: held.source for doc_id, held in self.documents.items()}
         self.by_file: dict[str, list[str]] = {}
         for doc_id, source in self.sources.items():
-            record = _RECORD_SOURCE.fullmatch(source)
+            record = _RECORD_SOURCE.fullmatch(source) if ":" in source or "#" in source else None
             self.by_file.setdefault(record.group(1) if record else source, []).append(doc_id)
 
     def is_file_document(self, name: str) -> bool:
@@ -77,13 +77,13 @@ class _Stored:
 
 def _keeper(stored: _Stored, changed: Iterable[str] | None) -> Callable[[Path], bool]:
     """Whether the scan may keep a file's stored documents without reading it."""
-    named = None if changed is None else sorted(set(changed))
+    named = None if changed is None else under_any(changed)
 
     def keep(path: Path) -> bool:
         name = str(path)
         if name not in stored.by_file:
             return False
-        if named is not None and any(under(name, given) for given in named):
+        if named is not None and named(name):
             return False
         if stored.is_file_document(name):
             return stored.stamped_alike(path)
@@ -164,15 +164,13 @@ def gone(found: Scan) -> list[str]:
 
     A document whose file failed to read this time is kept: a broken file loses nothing.
     """
-    roots = [str(root) for root in found.roots]
-    removed = []
-    for doc_id, source in found.sources.items():
-        if doc_id in found.seen or not any(under(source, root) for root in roots):
-            continue
-        if any(under(source, failed) for failed in found.failed_files):
-            continue
-        removed.append(doc_id)
-    return removed
+    scanned = under_any(str(root) for root in found.roots)
+    failed = under_any(found.failed_files)
+    return [
+        doc_id
+        for doc_id, source in found.sources.items()
+        if doc_id not in found.seen and scanned(source) and not failed(source)
+    ]
 
 
 def changed_documents(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from instructor_search.documents import Document
@@ -22,6 +23,14 @@ def under(source: str, root: str) -> bool:
     """Whether a stored ``source`` (a file, or a record ``file:line`` / ``file#n``) is in
     ``root`` (a folder or a file)."""
     return source == root or source.startswith((root + os.sep, root + ":", root + "#"))
+
+
+def under_any(roots: Iterable[str]) -> Callable[[str], bool]:
+    """Whether a stored ``source`` is :func:`under` any of ``roots`` (one test per source,
+    however many roots)."""
+    names = set(roots)
+    starts = tuple(f"{root}{tail}" for root in names for tail in (os.sep, ":", "#"))
+    return lambda source: source in names or source.startswith(starts)
 
 
 class DocumentIds:

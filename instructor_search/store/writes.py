@@ -99,7 +99,8 @@ class IndexWrites(IndexBase):
         """Every stored document's source, content hash and file stamp, in one read: what an
         incremental build diffs its sources against."""
         rows = self._db.execute("SELECT id, source, content_hash, mtime, size FROM documents")
-        return {row[0]: StoredDocument(*row[1:]) for row in rows}
+        make = StoredDocument._make  # tuple.__new__: no Python-level __new__ per document
+        return {row[0]: make(row[1:]) for row in rows}
 
     @locked
     def document_sources(self) -> dict[str, str]:

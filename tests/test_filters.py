@@ -161,3 +161,38 @@ def test_cli_where_of_the_wrong_kind_fails(tmp_path, tiny_path):
         cli, ["search", str(index), "bread", "--mode", "keyword", "--where", "size>=1", "--json"]
     )
     assert fine.exit_code == 0 and '"note.md"' in fine.output
+
+
+def test_chunk_runs_follow_every_write_and_an_old_index_gets_them(tmp_path):
+    rng = np.random.default_rng(1)
+
+    def item(doc_id: str, chunks: int, year: int):
+        texts = [f"{doc_id} part {n}" for n in range(chunks)]
+        vectors = rng.standard_normal((chunks, DIM)).astype(np.float32)
+        return (
+            Document(doc_id, " ".join(texts), metadata={"year": year}),
+            [Chunk(n, t, 0, len(t), 2) for n, t in enumerate(texts)],
+            vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
+        )
+
+    def by_scan(ix: Index, year: int) -> list[int]:  # the chunks of matching documents
+        sql = (
+            "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id "
+            "WHERE json_extract(d.metadata, '$.year') = ? ORDER BY c.id"
+        )
+        return [r[0] for r in ix._db.execute(sql, [year])]
+
+    path = tmp_path / "idx"
+    with Index.create(path, SETTINGS) as ix:
+        ix.upsert([item(f"d{n}", 1 + n % 3, 2000 + n % 2) for n in range(8)])
+        ix.upsert([item("d1", 4, 2000), item("d8", 2, 2001)])  # replaced, added
+        ix.delete(["d2", "d5"])
+        ix.upsert([item("d0", 0, 2000)])  # a document left without chunks
+        for year in (2000, 2001):
+            assert ix.matching_chunk_ids({"year": year}).tolist() == by_scan(ix, year)
+        expected = {year: by_scan(ix, year) for year in (2000, 2001)}
+        ix._db.execute("DROP TABLE document_runs")  # as an index from before m005
+        ix._db.execute("DELETE FROM _migrations WHERE name = 'm005_document_runs'")
+    with Index.open(path) as ix:
+        for year in (2000, 2001):
+            assert ix.matching_chunk_ids({"year": year}).tolist() == expected[year]

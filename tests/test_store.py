@@ -500,7 +500,12 @@ def test_matching_chunk_ids_reads_runs_and_copes_without_them(index):
         "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id "
         "WHERE json_extract(d.metadata, '$.lang') = 'en' ORDER BY c.id")]  # fmt: skip
     assert en.tolist() == expected and len(expected) == 3
-    with index._write():  # a document whose chunk ids are not one run
+    with index._write():  # a document whose chunk ids are not one run (as m005 records it)
         index._db.execute("UPDATE chunks SET id = 1000 WHERE id = ?", [expected[0]])
+        index._db.execute(
+            "UPDATE document_runs SET first_chunk = (SELECT min(id) FROM chunks c WHERE "
+            "c.doc_id = document_runs.doc_id), last_chunk = (SELECT max(id) FROM chunks c "
+            "WHERE c.doc_id = document_runs.doc_id)"
+        )
         index._bump()
     assert index.matching_chunk_ids({"lang": "en"}).tolist() == sorted([*expected[1:], 1000])

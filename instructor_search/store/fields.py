@@ -89,20 +89,24 @@ class IndexFields(IndexBase):
                 self._matching.move_to_end(key)
                 return self._matching[key]
             condition, params = self._filter_sql(where)
-            # CROSS JOIN: filter documents first, then their chunks from the doc_id index
-            # (never scan chunks, whose rows carry the embeddings). A document's chunks are
-            # stored together, so their ids are one run: read one row per document, not per chunk
-            join = f"FROM documents d CROSS JOIN chunks c ON c.doc_id = d.id WHERE {condition}"
+            # CROSS JOIN: filter documents first, then their chunk-id runs (one small row per
+            # document in document_runs; never a scan of chunks, whose rows carry embeddings)
+            join = (
+                f"FROM documents d CROSS JOIN document_runs r ON r.doc_id = d.id WHERE {condition}"
+            )
             runs = np.array(
                 self._db.execute(
-                    f"SELECT min(c.id), max(c.id), count(*) {join} GROUP BY d.id", params
+                    f"SELECT r.first_chunk, r.last_chunk, r.chunks {join}", params
                 ).fetchall(),
                 dtype=np.int64,
             ).reshape(-1, 3)
             if np.all(runs[:, 1] - runs[:, 0] + 1 == runs[:, 2]):
                 ids = _expand(runs[np.argsort(runs[:, 0])])
             else:  # ids of a document that are not one run: read them one by one
-                rows = self._db.execute(f"SELECT c.id {join} ORDER BY c.id", params).fetchall()
+                chunks = (
+                    f"FROM documents d CROSS JOIN chunks c ON c.doc_id = d.id WHERE {condition}"
+                )
+                rows = self._db.execute(f"SELECT c.id {chunks} ORDER BY c.id", params).fetchall()
                 ids = np.array([r[0] for r in rows], dtype=np.int64)
         ids.flags.writeable = False
         self._matching[key] = ids

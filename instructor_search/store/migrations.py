@@ -173,6 +173,26 @@ def m004_document_catalog(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m005_document_runs(db: sqlite_utils.Database) -> None:
+    """``document_runs``: each document's chunk ids as (first, last, count), one small row per
+    document, so a filter turns matching documents into chunk ids without walking the
+    ``chunks`` index once per document (a document's chunks are one run of ids when
+    ``last - first + 1 == count``, as every write since explicit ids makes them)."""
+    db.executescript(
+        """
+        CREATE TABLE document_runs (
+            doc_id TEXT PRIMARY KEY,
+            first_chunk INTEGER NOT NULL,
+            last_chunk INTEGER NOT NULL,
+            chunks INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        INSERT INTO document_runs (doc_id, first_chunk, last_chunk, chunks)
+            SELECT doc_id, min(id), max(id), count(*) FROM chunks GROUP BY doc_id;
+        """
+    )
+
+
 #: The schema version this software writes: the number of migrations it knows.
 SCHEMA_VERSION = len(MIGRATIONS)
 

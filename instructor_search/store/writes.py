@@ -58,6 +58,7 @@ class IndexWrites(IndexBase):
             [doc_id],
         )
         self._db.execute("DELETE FROM chunks WHERE doc_id = ?", [doc_id])
+        self._db.execute("DELETE FROM document_runs WHERE doc_id = ?", [doc_id])
 
     def _remove_fields(self, doc_id: str) -> None:
         self._db.execute(
@@ -139,7 +140,7 @@ class IndexWrites(IndexBase):
         with self._write():
             generation = self._next_generation()
             chunk_id = self._last_chunk_id()
-            chunk_rows, fts_rows = [], []
+            chunk_rows, fts_rows, runs = [], [], []
             for doc, chunks, matrix in items:
                 self._remove_chunks(doc.id, generation)
                 mtime, size, kind, folder = document_fields(doc)
@@ -152,6 +153,8 @@ class IndexWrites(IndexBase):
                      size, kind, folder, now],
                 )  # fmt: skip
                 self._add_fields(doc.id, meta)
+                if chunks:
+                    runs.append((doc.id, chunk_id + 1, chunk_id + len(chunks), len(chunks)))
                 for chunk, vector in zip(chunks, matrix, strict=True):
                     chunk_id += 1  # ids only grow: a document's chunks are one run of ids
                     chunk_rows.append((chunk_id, doc.id, chunk.ordinal, chunk.text, chunk.start,
@@ -165,6 +168,11 @@ class IndexWrites(IndexBase):
             )
             conn.executemany(
                 "INSERT INTO chunks_fts (rowid, text, title) VALUES (?, ?, ?)", fts_rows
+            )
+            conn.executemany(
+                "INSERT INTO document_runs (doc_id, first_chunk, last_chunk, chunks) "
+                "VALUES (?, ?, ?, ?)",
+                runs,
             )
             conn.executemany(
                 "INSERT INTO chunk_changes (generation, chunk_id, deleted) VALUES (?, ?, 0)",

@@ -2,19 +2,24 @@
 bytes per chunk, at 100k and 1M chunks (issue 13).
 
     python bench/scale.py [--workdir /tmp/instructor-search-scale] [--sizes 100000 1000000]
+                          [--corpus mixed|repeated]
 
 Collections are synthetic but shaped like real ones: 2,000 real SciFact passages are embedded
-once with the bundled model (``bench/query.py``'s helpers and cache); chunk ``i`` carries passage
-``i % 2000``'s text and its vector plus Gaussian noise (sigma 0.02 per dimension, then
-normalised), so the vectors cluster as real chunk embeddings do. Documents have 10 chunks and a
-``group`` field 0..9 (a filter on one group matches 10%). Queries are real SciFact claims,
-embedded for real on every query.
+once with the bundled model (``bench/query.py``'s helpers and cache); chunk ``i`` carries
+passage ``i % 2000``'s vector plus Gaussian noise (sigma 0.02 per dimension, then normalised),
+so the vectors cluster as real chunk embeddings do. Its text is real text, in one of two
+corpora (``--corpus``):
 
-Keyword search is timed as ``Index.keyword_search(query, 100)`` (what hybrid asks for), not
-as the Retriever's keyword mode: every passage text recurs ``size / 2000`` times, so its BM25
-scores tie in groups of 50 (100k) or 500 (1M) chunks, and the keyword mode's tie handling
-(deepen until a tie group ends, then order it by document) measures that artefact, not a
-real corpus.
+- ``mixed`` (the default): passage ``i % 2000``'s sentences, each kept with probability 0.8
+  (in order, at least one), then one sentence of another passage drawn at random (seeded).
+  Every chunk's text is its own, as in a real archive, while its words are its passage's.
+- ``repeated``: passage ``i % 2000``'s text verbatim. Every text recurs ``size / 2000``
+  times, so BM25 scores tie in groups of 50 (100k) or 500 (1M) chunks and the top 100 of a
+  keyword query is one tie group, which hybrid search must order by document: the worst case
+  for the keyword side, kept to show it.
+
+Documents have 10 chunks and a ``group`` field 0..9 (a filter on one group matches 10%).
+Queries are real SciFact claims, embedded for real on every query.
 
 Stages are cached under ``--workdir`` (shards, then the index), so a run that is stopped can be
 resumed. Peers measured in the same run: a full rebuild of the derived files from SQLite (what
@@ -28,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
@@ -46,10 +52,32 @@ from instructor_search.store.shards import MANIFEST, ShardManifest
 
 CHUNKS_PER_DOC = 10
 ROWS_PER_FILE = 100_000
+#: The mixed corpus: the share of its passage's sentences a chunk keeps, and where they end.
+KEEP = 0.8
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+CORPORA = ("mixed", "repeated")
 
 
-def write_shards(folder: Path, size: int, model: Instructor, texts, base) -> Path:
-    """``size`` chunks as a shard folder (cached)."""
+def chunk_texts(ids: np.ndarray, texts: list[tuple[str, str]], corpus: str) -> list[str]:
+    """The texts of chunks ``ids`` in ``corpus`` (see the module's docstring); the same for the
+    same ids in every run."""
+    if corpus == "repeated":
+        return [texts[i % len(texts)][1] for i in ids.tolist()]
+    sentences = [SENTENCE_END.split(text) for _, text in texts]
+    pool = [s for passage in sentences for s in passage]
+    out = []
+    for i in ids.tolist():
+        rng = np.random.default_rng(i)
+        own = sentences[i % len(texts)]
+        kept = [s for s, keep in zip(own, rng.random(len(own)) < KEEP, strict=True) if keep]
+        out.append(" ".join([*(kept or own[:1]), pool[int(rng.integers(len(pool)))]]))
+    return out
+
+
+def write_shards(
+    folder: Path, size: int, model: Instructor, texts, base, corpus: str = "mixed"
+) -> Path:
+    """``size`` chunks of ``corpus`` as a shard folder (cached)."""
     from instructor_search.store.shards import write_shard
 
     if (folder / MANIFEST).is_file():
@@ -67,9 +95,9 @@ def write_shards(folder: Path, size: int, model: Instructor, texts, base) -> Pat
         noisy = base[ids % len(base)] + rng.normal(0, NOISE, (len(ids), base.shape[1]))
         noisy = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
         docs = ids // CHUNKS_PER_DOC
-        chunk_texts = [texts[i % len(texts)][1] for i in ids]
+        chunk_text = chunk_texts(ids, texts, corpus)
         starts, ends, offset = [], [], {}
-        for doc, text in zip(docs.tolist(), chunk_texts, strict=True):
+        for doc, text in zip(docs.tolist(), chunk_text, strict=True):
             at = offset.get(doc, 0)
             starts.append(at)
             ends.append(at + len(text))
@@ -83,7 +111,7 @@ def write_shards(folder: Path, size: int, model: Instructor, texts, base) -> Pat
             (ids % CHUNKS_PER_DOC).tolist(),
             starts,
             ends,
-            chunk_texts,
+            chunk_text,
         ]
         write_shard(folder / f"part-{part:05d}.parquet", columns, noisy)
         log(f"  shard part {part}: {len(ids)} chunks")
@@ -179,10 +207,10 @@ def vectors_ids(ix: Index) -> np.ndarray:
 
 
 def run_size(size: int, args, model, texts, base, items) -> None:
-    work = args.workdir / f"n{size}"
-    shards = write_shards(work / "shards", size, model, texts, base)
+    work = args.workdir / (f"n{size}" if args.corpus == "repeated" else f"n{size}-{args.corpus}")
+    shards = write_shards(work / "shards", size, model, texts, base, args.corpus)
     path = work / "index"
-    print(f"\n## {size:,} chunks\n")
+    print(f"\n## {size:,} chunks, {args.corpus} corpus\n")
     print(f"load average at the start: {os.getloadavg()[0]:.2f}\n")
     if not (path / "done").is_file():
         shutil.rmtree(path, ignore_errors=True)
@@ -251,6 +279,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/instructor-search-scale"))
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--corpus", choices=CORPORA, default="mixed", help="chunk texts")
     parser.add_argument(
         "--rebuild-peer-max",
         type=int,

@@ -217,7 +217,7 @@ def test_maxscore_gives_the_full_sums_rows_and_doubles():
             bound = float(scores.max()) * rng.choice([1.0, 1.5])  # exact or loose
             terms.append(
                 keyword_topk.TermPostings(
-                    rows, bound, lambda at, s=scores: s if at is None else s[at]
+                    rows, bound, lambda at, _, s=scores: s if at is None else s[at]
                 )
             )
         if trial % 5 == 1:
@@ -244,7 +244,7 @@ def test_maxscore_gives_the_full_sums_rows_and_doubles():
 
 def test_term_cache_counts_its_own_memory_and_drops_the_least_recently_used():
     def term(n: int) -> keyword_topk.TermPostings:
-        return keyword_topk.TermPostings(np.arange(n), 1.0, lambda at: np.ones(n))
+        return keyword_topk.TermPostings(np.arange(n), 1.0, lambda at, _: np.ones(n))
 
     cache = keyword_topk.TermCache(max_bytes=100, max_terms=3)
     a, b, c = term(5), term(5), term(5)

@@ -72,6 +72,21 @@ def test_query_encoder_embeds_like_the_instructor(expected, fast_tiny):
         encoder.encode([QUERY], convert_to_tensor=True)
 
 
+def test_the_background_twin_embeds_alike_on_one_thread_fewer(fast_tiny):
+    folder = QueryEncoder.save(fast_tiny).folder
+    encoder = QueryEncoder(folder, fidelity.read_json(folder / BUNDLE / "query.json"), 2)
+    twin = encoder.background()
+    assert twin is not encoder and twin is encoder.background()  # made once
+    assert twin._encoder.get_session_options().intra_op_num_threads == 1
+    assert twin.background() is twin  # one thread: itself
+    pairs = [["Represent the question: ", QUERY], ["", "a second, longer query about notes"]]
+    np.testing.assert_allclose(
+        twin.encode(pairs, normalize_embeddings=True),
+        encoder.encode(pairs, normalize_embeddings=True),
+        atol=fidelity.EXACT_ATOL,
+    )
+
+
 def test_changed_files_or_a_chosen_profile_give_no_query_encoder(tiny_path, fast_tiny):
     assert QueryEncoder.save(fast_tiny) is not None
     head = ob.export_folder(fast_tiny.fingerprint) / BUNDLE / "head.onnx"

@@ -19,6 +19,7 @@ tokens and the same head, so a query embeds as ``Instructor(backend="onnx")`` em
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import logging
@@ -72,8 +73,10 @@ class QueryEncoder:
         self._pad = int(spec["pad_token_id"])
         self.tokenizer = _Tokenizer(Tokenizer.from_file(str(folder / BUNDLE / "tokenizer.json")))
         self._instruction_tokens = InstructionTokens(self.tokenizer)
+        self._threads = threads
         self._encoder = onnx_backend.session(folder / "model.onnx", threads)
         self._head = onnx_backend.session(folder / BUNDLE / "head.onnx", threads)
+        self._background: QueryEncoder | None = None
 
     @classmethod
     def open(
@@ -131,6 +134,22 @@ class QueryEncoder:
             logger.warning("Could not save the query encoder in %s: %s", bundle, error)
             return None
         return encoder if _exact(verdict) else None
+
+    def background(self) -> QueryEncoder:
+        """This encoder on one thread fewer (made once; itself on one thread), for queries
+        embedded while the caller's thread computes too (a hybrid search's keyword side).
+
+        On every core, each parallel step of the model waits for the core the caller holds: on
+        2 cores a hybrid query at 1M chunks cost about the sum of its embedding and its keyword
+        search instead of the larger of the two (``bench/RESULTS.md``)."""
+        if self._threads <= 1:
+            return self
+        if self._background is None:
+            other = copy.copy(self)
+            other._threads = self._threads - 1
+            other._encoder = onnx_backend.session(self.folder / "model.onnx", other._threads)
+            self._background = other
+        return self._background
 
     @property
     def uses_instructions(self) -> bool:

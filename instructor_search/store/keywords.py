@@ -222,12 +222,12 @@ class KeywordMatrix:
         freq = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
         idf, norm = _idf(self.count, int(df)), self._norm
 
-        def contributions(at: np.ndarray | None) -> np.ndarray:
+        def contributions(at: np.ndarray | None, positions: np.ndarray) -> np.ndarray:
             # The operations of fts5Bm25Function in float64 (+ and * commute exactly in
             # IEEE 754); weighted hits are exact in float32. The same doubles for any ``at``.
             f = (freq if at is None else freq[at]).astype(np.float64)
             scores = f * (K1 + 1.0)
-            f += norm[rows if at is None else rows[at]]
+            f += norm[positions]
             scores /= f
             scores *= idf
             return scores

@@ -53,6 +53,7 @@ class Vectors:
         # hands the same array back for a repeated filter): made once per filter
         self._filtered: list[tuple[np.ndarray, np.ndarray]] = []
         self._selectors: list[tuple[np.ndarray, faiss.IDSelector]] = []
+        self._split: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = []
 
     @property
     def ntotal(self) -> int:
@@ -91,7 +92,16 @@ class Vectors:
         return self._matrix[self._order[at]]
 
     def _held(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``allowed`` split into (base ids held, delta positions), dropping unknown ids."""
+        """``allowed`` split into (base ids held, delta positions), dropping unknown ids (kept
+        for the last few allow-lists)."""
+        for held, parts in self._split:
+            if held is allowed:  # the same array object: a reference is kept, never reused
+                return parts
+        parts = self._split_allowed(allowed)
+        self._split = [(allowed, parts), *self._split[: FILTER_CACHE - 1]]
+        return parts
+
+    def _split_allowed(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         allowed = np.asarray(allowed, dtype=np.int64)
         if len(allowed) > 1 and not np.all(allowed[1:] > allowed[:-1]):
             allowed = np.unique(allowed)  # the store's allow-lists are sorted already

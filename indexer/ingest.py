@@ -20,8 +20,12 @@ from typing import Any
 import numpy as np
 
 from instructor_search.documents import Chunk, Document
+from instructor_search.store.connection import KEYWORD_WEIGHTS
+from instructor_search.store.derived import FTS_TABLE, INDEX_FILE
 from instructor_search.store.index import Index
+from instructor_search.store.keyword_prebuild import KeywordPrebuild
 from instructor_search.store.shards import ShardFailure, read_manifest, read_shard, shard_files
+from instructor_search.store.vector_prebuild import VectorPrebuild
 
 from .build import BuildReport, changed_documents, open_index
 from .chunking import _plain_tokenizer
@@ -88,6 +92,13 @@ def ingest_into(
     for manifest in manifests:
         index.check_compatible(manifest.settings())
     stored = index.document_hashes()
+    files = [
+        (manifest, shard_files(folder)) for folder, manifest in zip(folders, manifests, strict=True)
+    ]
+    # A fresh index's derived files are built on other threads, beside the writes.
+    beside = (
+        _Beside(index, [f for _, names in files for f in names]) if sync and not stored else None
+    )
     seen: set[str] = set()
     batch: list[tuple[Document, list[Chunk], np.ndarray, bool]] = []
     batched_chunks = 0
@@ -96,7 +107,9 @@ def ingest_into(
         nonlocal batched_chunks
         if not batch:
             return
-        index.upsert([(doc, chunks, vectors) for doc, chunks, vectors, _ in batch])
+        ids = index.upsert([(doc, chunks, vectors) for doc, chunks, vectors, _ in batch])
+        if beside is not None:
+            beside.add(ids, batch)
         for _, chunks, _, is_update in batch:
             report.chunks_embedded += len(chunks)
             if is_update:
@@ -106,32 +119,71 @@ def ingest_into(
         batch.clear()
         batched_chunks = 0
 
-    for folder, manifest in zip(folders, manifests, strict=True):
-        for file in shard_files(folder):
-            for item in read_shard(file, manifest):
-                if isinstance(item, ShardFailure):
-                    _failed(report, item.path, item.line, item.reason)
-                    continue
-                doc, chunks, vectors = item
-                if doc.id in seen:
-                    _failed(report, str(file), None, f"duplicate id {doc.id!r} (another file)")
-                    continue
-                seen.add(doc.id)
-                for pending, is_update in changed_documents([doc], stored, report):
-                    if token_counts:
-                        counts = token_counts(doc.id, chunks)
-                        chunks = [
-                            dataclasses.replace(chunk, token_count=count)
-                            for chunk, count in zip(chunks, counts, strict=True)
-                        ]
-                    batch.append((pending, chunks, vectors, is_update))
-                    batched_chunks += len(chunks)
-                if len(batch) >= BATCH_DOCUMENTS or batched_chunks >= BATCH_CHUNKS:
-                    flush()
-    flush()
+    try:
+        for manifest, names in files:
+            for file in names:
+                for item in read_shard(file, manifest):
+                    if isinstance(item, ShardFailure):
+                        _failed(report, item.path, item.line, item.reason)
+                        continue
+                    doc, chunks, vectors = item
+                    if doc.id in seen:
+                        _failed(report, str(file), None, f"duplicate id {doc.id!r} (another file)")
+                        continue
+                    seen.add(doc.id)
+                    for pending, is_update in changed_documents([doc], stored, report):
+                        if token_counts:
+                            chunks = _counted(token_counts, doc.id, chunks)
+                        batch.append((pending, chunks, vectors, is_update))
+                        batched_chunks += len(chunks)
+                    if len(batch) >= BATCH_DOCUMENTS or batched_chunks >= BATCH_CHUNKS:
+                        flush()
+        flush()
+    except BaseException:
+        if beside is not None:
+            beside.abandon()
+        raise
+    if beside is not None:
+        beside.finish()
     if sync:
         index.sync_derived()
     return report
+
+
+class _Beside:
+    """The derived files of a fresh ingest, built beside its writes (:mod:`.vector_prebuild`,
+    :mod:`.keyword_prebuild`) and handed to the index when no other writer came between."""
+
+    def __init__(self, index: Index, files: list[Path]) -> None:
+        self._index, self._generation = index, index.generation
+        self._vectors = VectorPrebuild(files, index.settings.dimension)
+        self._keywords = KeywordPrebuild(index.path / INDEX_FILE, FTS_TABLE, KEYWORD_WEIGHTS)
+
+    def add(
+        self, ids: np.ndarray, batch: list[tuple[Document, list[Chunk], np.ndarray, bool]]
+    ) -> None:
+        """One upserted batch (one generation) and the chunk ids it was given."""
+        self._generation += 1
+        self._vectors.add(ids, np.concatenate([vectors for _, _, vectors, _ in batch]))
+        texts = [(c.text, doc.title) for doc, chunks, _, _ in batch for c in chunks]
+        self._keywords.add([(i, *row) for i, row in zip(ids.tolist(), texts, strict=True)])
+
+    def abandon(self) -> None:
+        self._vectors.abandon()
+        self._keywords.abandon()
+
+    def finish(self) -> None:
+        built, matrix = self._vectors.finish(), self._keywords.finish(self._generation)
+        if (built or matrix) and not self._index.adopt_derived(self._generation, built, matrix):
+            logger.info("the index changed beside the ingest; its derived files are built anew")
+
+
+def _counted(token_counts: TokenCounts, doc_id: str, chunks: list[Chunk]) -> list[Chunk]:
+    counts = token_counts(doc_id, chunks)
+    return [
+        dataclasses.replace(chunk, token_count=count)
+        for chunk, count in zip(chunks, counts, strict=True)
+    ]
 
 
 def _failed(report: BuildReport, path: str, line: int | None, reason: str) -> None:

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.sqlite"
 VECTORS_FILE = "vectors.faiss"
 KEYWORDS_FILE = "keywords.bm25"
+#: The FTS5 table the keyword matrix is read from.
+FTS_TABLE = "chunks_fts"
 #: A delta is folded into its file when it holds more than this many chunks, or this share of
 #: the index: searched exactly, 2% of 1M chunks costs ~3 ms a query.
 MERGE_MIN = 2_048
@@ -96,6 +98,7 @@ class DerivedFiles:
         self._vectors: tuple[int, Vectors] | None = None
         self._unsaved: VectorIndexInfo | None = None  # rebuilt, not yet written
         self._keyword_base: keywords.KeywordMatrix | None = None  # as loaded from the file
+        self._adopted_keywords: keywords.KeywordMatrix | None = None  # built elsewhere, unsaved
         self._keywords: keywords.KeywordMatrix | None = None  # the base with its delta
         self._unreadable: dict[str, Stamp] = {}  # file -> stamp warned about
         self._checked: dict[str, tuple[int, Stamp]] = {}  # file -> generation, stamp: whole
@@ -217,6 +220,16 @@ class DerivedFiles:
         del rows
         index, self._unsaved = self.build_vectors(ids, matrix.reshape(len(ids), self._dimension))
         return Vectors(index)
+
+    def adopt_vectors(self, generation: int, index: faiss.Index, info: VectorIndexInfo) -> None:
+        """Take ``index``, built elsewhere from exactly the embeddings stored at
+        ``generation``, as if rebuilt here: :meth:`sync_vectors` writes it."""
+        self._vectors, self._unsaved = (generation, Vectors(index)), info
+
+    def adopt_keywords(self, matrix: keywords.KeywordMatrix) -> None:
+        """Take ``matrix``, built elsewhere from exactly the rows FTS5 holds at its
+        generation: :meth:`build_keywords` of that generation returns it."""
+        self._adopted_keywords = matrix
 
     def prepare_vectors(self, generation: int) -> None:
         """Writer side, inside a snapshot: the vectors of ``generation``, rebuilt from SQLite
@@ -356,6 +369,9 @@ class DerivedFiles:
         """Writer side, inside a snapshot: a new keyword matrix of ``generation`` built from
         FTS5; ``None`` when ``keywords.bm25`` with its delta holds it and the delta is small,
         or when FTS5 could not be read (logged)."""
+        adopted, self._adopted_keywords = self._adopted_keywords, None
+        if adopted is not None and adopted.generation == generation:
+            return adopted
         if self._keywords is None and self._unchanged_and_small(
             KEYWORDS_FILE, self.keywords_generation(), generation
         ):
@@ -364,7 +380,7 @@ class DerivedFiles:
         if current is not None and current.delta_rows <= merge_threshold(current.count):
             return None
         try:
-            return keywords.build(self._db.conn, "chunks_fts", self._weights, generation)
+            return keywords.build(self._db.conn, FTS_TABLE, self._weights, generation)
         except (keywords.KeywordMatrixError, sqlite3.Error) as exc:
             log.warning("keyword matrix not built (%s); FTS5 answers keyword searches", exc)
             return None

@@ -295,7 +295,11 @@ def _tokenize_option(conn: sqlite3.Connection, table: str) -> str | None:
 
 
 def build(
-    conn: sqlite3.Connection, table: str, column_weights: Mapping[str, float], generation: int
+    conn: sqlite3.Connection,
+    table: str,
+    column_weights: Mapping[str, float],
+    generation: int,
+    log_level: int = logging.INFO,
 ) -> KeywordMatrix:
     """Read every token instance of the FTS5 ``table`` and precompute its BM25 postings with the
     given column weights, stamped with ``generation``. Run it inside one read transaction.
@@ -340,8 +344,8 @@ def build(
         generation, tokenize, chunk_ids, length.astype(np.int32), [v[0] for v in vocab],
         offsets, rows, freq,
     )  # fmt: skip
-    log.info("keyword matrix: %d rows, %d terms, %d postings in %.1f s",
-             len(chunk_ids), len(vocab), len(freq), time.perf_counter() - started)  # fmt: skip
+    log.log(log_level, "keyword matrix: %d rows, %d terms, %d postings in %.1f s",
+            len(chunk_ids), len(vocab), len(freq), time.perf_counter() - started)  # fmt: skip
     return matrix
 
 
@@ -361,7 +365,7 @@ def build_rows(
         conn.execute(f"CREATE VIRTUAL TABLE delta USING fts5({names}, tokenize={option})")
         conn.executemany("INSERT INTO delta (rowid, text, title) VALUES (?, ?, ?)", rows)
         conn.execute("BEGIN")
-        return build(conn, "delta", column_weights, generation)
+        return build(conn, "delta", column_weights, generation, logging.DEBUG)
     finally:
         conn.close()
 

@@ -8,11 +8,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import PurePosixPath
 from typing import NamedTuple
 
+import faiss
 import numpy as np
 
 from ..documents import Chunk, Document
 from ..errors import IndexMismatchError, InputError
 from .connection import IndexBase, locked, utc_now
+from .keywords import KeywordMatrix
+from .vectors import VectorIndexInfo
 
 
 def document_fields(doc: Document) -> tuple[float | None, int, str | None, str]:
@@ -42,14 +45,15 @@ class StoredDocument(NamedTuple):
 class IndexWrites(IndexBase):
     """Upserts and deletes (part of :class:`~instructor_search.store.index.Index`)."""
 
-    def _remove_chunks(self, doc_id: str, generation: int) -> None:
+    def _remove_chunks(self, doc_id: str, generation: int, logged: bool = True) -> None:
         # Logged with the values FTS5 indexed (readers' keyword deltas subtract them).
-        self._db.execute(
-            "INSERT INTO chunk_changes (generation, chunk_id, deleted, text, title) "
-            "SELECT ?, c.id, 1, c.text, d.title FROM chunks c JOIN documents d "
-            "ON d.id = c.doc_id WHERE c.doc_id = ?",
-            [generation, doc_id],
-        )
+        if logged:
+            self._db.execute(
+                "INSERT INTO chunk_changes (generation, chunk_id, deleted, text, title) "
+                "SELECT ?, c.id, 1, c.text, d.title FROM chunks c JOIN documents d "
+                "ON d.id = c.doc_id WHERE c.doc_id = ?",
+                [generation, doc_id],
+            )
         self._remove_fields(doc_id)
         # A contentless FTS5 table deletes a row given the values it indexed.
         self._db.execute(
@@ -86,6 +90,15 @@ class IndexWrites(IndexBase):
             "WHERE true ON CONFLICT (key, type) DO UPDATE SET documents = documents + 1",
             [metadata],
         )
+
+    def _log_wanted(self) -> bool:
+        """Whether a derived file exists that the change log can bring forward (its generation
+        at or after ``changes_since``). When none does, as in a fresh ingest, a write need not
+        log its chunks: it moves ``changes_since`` up to its own generation instead, and a file
+        written since from an older snapshot reads as older than the log (rebuilt)."""
+        since = self._derived.changes_since()
+        held = (self._derived.vectors_generation(), self._derived.keywords_generation())
+        return any(g is not None and g >= since for g in held)
 
     def _next_generation(self) -> int:
         return int(self._db.execute("SELECT generation FROM collection").fetchone()[0]) + 1
@@ -126,23 +139,25 @@ class IndexWrites(IndexBase):
         return matrix
 
     @locked
-    def upsert(self, batch: Sequence[tuple[Document, Sequence[Chunk], np.ndarray]]) -> None:
+    def upsert(self, batch: Sequence[tuple[Document, Sequence[Chunk], np.ndarray]]) -> np.ndarray:
         """Insert or replace documents with their chunks and embeddings, in one transaction
-        (a document given twice is stored as given last)."""
+        (a document given twice is stored as given last, in its first place); the chunk ids
+        given, in the order stored."""
         last = {doc.id: (doc, chunks, emb) for doc, chunks, emb in batch}
         items = [
             (doc, list(chunks), self._checked(doc, chunks, emb))
             for doc, chunks, emb in last.values()
         ]
         if not items:
-            return
+            return np.empty(0, np.int64)
         now = utc_now()
         with self._write():
             generation = self._next_generation()
             chunk_id = self._last_chunk_id()
+            logged = self._log_wanted()
             chunk_rows, fts_rows, runs = [], [], []
             for doc, chunks, matrix in items:
-                self._remove_chunks(doc.id, generation)
+                self._remove_chunks(doc.id, generation, logged)
                 mtime, size, kind, folder = document_fields(doc)
                 meta = json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True, default=str)
                 self._db.execute(
@@ -174,11 +189,40 @@ class IndexWrites(IndexBase):
                 "VALUES (?, ?, ?, ?)",
                 runs,
             )
-            conn.executemany(
-                "INSERT INTO chunk_changes (generation, chunk_id, deleted) VALUES (?, ?, 0)",
-                [(generation, row[0]) for row in chunk_rows],
-            )
+            if logged:
+                conn.executemany(
+                    "INSERT INTO chunk_changes (generation, chunk_id, deleted) VALUES (?, ?, 0)",
+                    [(generation, row[0]) for row in chunk_rows],
+                )
+            else:
+                self._db.execute("UPDATE collection SET changes_since = ?", [generation])
             self._bump()
+        return np.array([row[0] for row in chunk_rows], dtype=np.int64)
+
+    @locked
+    def adopt_derived(
+        self,
+        generation: int,
+        vectors: tuple[faiss.Index, VectorIndexInfo] | None,
+        matrix: KeywordMatrix | None,
+    ) -> bool:
+        """Take ``vectors`` (the ANN structure and its info) and ``matrix`` (the keyword
+        matrix), made elsewhere from every chunk stored at ``generation``
+        (:mod:`.vector_prebuild`, :mod:`.keyword_prebuild`), as what :meth:`sync_derived`
+        writes; ``False`` (nothing taken) when the index is at another generation, or either
+        holds another number of chunks."""
+        with self._snapshot():
+            chunks = int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+            held = [vectors[0].ntotal] if vectors else []
+            held += [matrix.count] if matrix else []
+            stamped = matrix is None or matrix.generation == generation
+            if self.generation != generation or not stamped or any(n != chunks for n in held):
+                return False
+            if vectors is not None:
+                self._derived.adopt_vectors(generation, *vectors)
+            if matrix is not None:
+                self._derived.adopt_keywords(matrix)
+        return True
 
     def _last_chunk_id(self) -> int:
         """The largest chunk id ever given (AUTOINCREMENT's record of it, or the table's)."""

@@ -20,10 +20,7 @@ from typing import Any
 import numpy as np
 
 from instructor_search.documents import Chunk, Document
-from instructor_search.store.connection import KEYWORD_WEIGHTS
-from instructor_search.store.derived import FTS_TABLE, INDEX_FILE
 from instructor_search.store.index import Index
-from instructor_search.store.keyword_prebuild import KeywordPrebuild
 from instructor_search.store.shards import ShardFailure, read_manifest, read_shard, shard_files
 from instructor_search.store.vector_prebuild import VectorPrebuild
 
@@ -95,7 +92,7 @@ def ingest_into(
     files = [
         (manifest, shard_files(folder)) for folder, manifest in zip(folders, manifests, strict=True)
     ]
-    # A fresh index's derived files are built on other threads, beside the writes.
+    # A fresh index's vector index is built on another thread, beside the writes.
     beside = (
         _Beside(index, [f for _, names in files for f in names]) if sync and not stored else None
     )
@@ -151,13 +148,12 @@ def ingest_into(
 
 
 class _Beside:
-    """The derived files of a fresh ingest, built beside its writes (:mod:`.vector_prebuild`,
-    :mod:`.keyword_prebuild`) and handed to the index when no other writer came between."""
+    """The vector index of a fresh ingest, built beside its writes (:mod:`.vector_prebuild`)
+    and handed to the index when no other writer came between."""
 
     def __init__(self, index: Index, files: list[Path]) -> None:
         self._index, self._generation = index, index.generation
         self._vectors = VectorPrebuild(files, index.settings.dimension)
-        self._keywords = KeywordPrebuild(index.path / INDEX_FILE, FTS_TABLE, KEYWORD_WEIGHTS)
 
     def add(
         self, ids: np.ndarray, batch: list[tuple[Document, list[Chunk], np.ndarray, bool]]
@@ -165,17 +161,14 @@ class _Beside:
         """One upserted batch (one generation) and the chunk ids it was given."""
         self._generation += 1
         self._vectors.add(ids, np.concatenate([vectors for _, _, vectors, _ in batch]))
-        texts = [(c.text, doc.title) for doc, chunks, _, _ in batch for c in chunks]
-        self._keywords.add([(i, *row) for i, row in zip(ids.tolist(), texts, strict=True)])
 
     def abandon(self) -> None:
         self._vectors.abandon()
-        self._keywords.abandon()
 
     def finish(self) -> None:
-        built, matrix = self._vectors.finish(), self._keywords.finish(self._generation)
-        if (built or matrix) and not self._index.adopt_derived(self._generation, built, matrix):
-            logger.info("the index changed beside the ingest; its derived files are built anew")
+        built = self._vectors.finish()
+        if built is not None and not self._index.adopt_vector_index(self._generation, built):
+            logger.info("the index changed beside the ingest; its vectors are built from SQLite")
 
 
 def _counted(token_counts: TokenCounts, doc_id: str, chunks: list[Chunk]) -> list[Chunk]:

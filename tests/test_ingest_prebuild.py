@@ -1,7 +1,7 @@
-"""The IVF index and keyword matrix a fresh ingest builds beside its writes
-(:mod:`.vector_prebuild`, :mod:`.keyword_prebuild`) are the ones built from SQLite afterwards;
-when the stored vectors are not the shards' (a bad document), the vectors are built from SQLite
-instead."""
+"""The IVF index a fresh ingest builds beside its writes (:mod:`.vector_prebuild`) is the one
+built from SQLite afterwards, or, when the stored vectors are not the shards' (a bad document),
+built from SQLite; a fresh ingest killed at any point and rerun gives a clean build's index; the
+keyword matrix read on two connections (:mod:`.keyword_instances`) is the one read on one."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from instructor_search.indexer import ingest as ingest_module
 from instructor_search.indexer.ingest import ingest
 from instructor_search.store import (
     keyword_file,
-    keyword_prebuild,
+    keyword_instances,
     keywords,
     vector_prebuild,
     vectors,
@@ -99,34 +99,29 @@ def matrix_arrays(matrix) -> tuple:
     )  # fmt: skip
 
 
-def test_prebuilt_keyword_matrix_is_the_one_read_from_fts5(shards, tmp_path, monkeypatch):
-    monkeypatch.setattr(keyword_prebuild, "build_rows", small_batches(keyword_prebuild.build_rows))
-    tables, build = [], keywords.build
-    monkeypatch.setattr(
-        keywords, "build", lambda conn, table, *a: tables.append(table) or build(conn, table, *a)
-    )
+def test_keyword_matrix_read_on_two_connections_is_the_one_read_on_one(
+    shards, tmp_path, monkeypatch
+):
     ingest([shards], tmp_path / "copy")
-    assert "chunks_fts" not in tables and tables  # the matrix built beside the writes was taken
-    monkeypatch.setattr(keywords, "build", build)
+    monkeypatch.setattr(keyword_instances, "SLICE_INSTANCES", 50)  # many term slices
+    built = {}
+    for readers in (1, 2):
+        monkeypatch.setattr(keyword_instances, "READERS", readers)
+        with Index.open(tmp_path / "copy") as ix, ix._snapshot():
+            built[readers] = keywords.build(ix._db.conn, "chunks_fts", KEYWORD_WEIGHTS, 1)
+    assert len(keyword_instances._slices([1] * 100)) > 1
+    assert matrix_arrays(built[1]) == matrix_arrays(built[2])
     saved = keyword_file.load(tmp_path / "copy" / "keywords.bm25")
+    assert matrix_arrays(saved)[1:] == matrix_arrays(built[2])[1:]
+
+
+def test_a_second_connection_that_sees_other_rows_is_not_used(shards, tmp_path):
+    ingest([shards], tmp_path / "copy")
     with Index.open(tmp_path / "copy") as ix, ix._snapshot():
-        built = keywords.build(ix._db.conn, "chunks_fts", KEYWORD_WEIGHTS, ix.generation)
-    assert matrix_arrays(saved) == matrix_arrays(built)
-    for words in ("alpha beta", "Title 4 kappa", "mu lambda"):
-        with Index.open(tmp_path / "copy", readonly=True) as ix:
-            assert ix.keyword_search(words, 10) == ix._fts5_search(
-                keywords.query_words(words), 10, None
-            )
-
-
-def small_batches(build_rows):
-    """build_rows over each batch in parts of 7 rows, merged: many parts with distinct vocabularies."""
-
-    def parts(tokenize, weights, rows, generation):
-        pieces = [build_rows(tokenize, weights, rows[i : i + 7], 0) for i in range(0, len(rows), 7)]
-        return keyword_prebuild.merged(pieces, generation)
-
-    return parts
+        assert keyword_instances._same_view(ix._db.conn, "chunks_fts") is not None
+        with Index.open(tmp_path / "copy") as writer:  # commits beside the snapshot
+            writer.upsert(corpus(np.random.default_rng(9), count=2))
+        assert keyword_instances._same_view(ix._db.conn, "chunks_fts") is None
 
 
 CHILD = r"""

@@ -98,7 +98,6 @@ class DerivedFiles:
         self._vectors: tuple[int, Vectors] | None = None
         self._unsaved: VectorIndexInfo | None = None  # rebuilt, not yet written
         self._keyword_base: keywords.KeywordMatrix | None = None  # as loaded from the file
-        self._adopted_keywords: keywords.KeywordMatrix | None = None  # built elsewhere, unsaved
         self._keywords: keywords.KeywordMatrix | None = None  # the base with its delta
         self._unreadable: dict[str, Stamp] = {}  # file -> stamp warned about
         self._checked: dict[str, tuple[int, Stamp]] = {}  # file -> generation, stamp: whole
@@ -225,11 +224,6 @@ class DerivedFiles:
         """Take ``index``, built elsewhere from exactly the embeddings stored at
         ``generation``, as if rebuilt here: :meth:`sync_vectors` writes it."""
         self._vectors, self._unsaved = (generation, Vectors(index)), info
-
-    def adopt_keywords(self, matrix: keywords.KeywordMatrix) -> None:
-        """Take ``matrix``, built elsewhere from exactly the rows FTS5 holds at its
-        generation: :meth:`build_keywords` of that generation returns it."""
-        self._adopted_keywords = matrix
 
     def prepare_vectors(self, generation: int) -> None:
         """Writer side, inside a snapshot: the vectors of ``generation``, rebuilt from SQLite
@@ -369,9 +363,6 @@ class DerivedFiles:
         """Writer side, inside a snapshot: a new keyword matrix of ``generation`` built from
         FTS5; ``None`` when ``keywords.bm25`` with its delta holds it and the delta is small,
         or when FTS5 could not be read (logged)."""
-        adopted, self._adopted_keywords = self._adopted_keywords, None
-        if adopted is not None and adopted.generation == generation:
-            return adopted
         if self._keywords is None and self._unchanged_and_small(
             KEYWORDS_FILE, self.keywords_generation(), generation
         ):

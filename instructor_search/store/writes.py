@@ -14,7 +14,6 @@ import numpy as np
 from ..documents import Chunk, Document
 from ..errors import IndexMismatchError, InputError
 from .connection import IndexBase, locked, utc_now
-from .keywords import KeywordMatrix
 from .vectors import VectorIndexInfo
 
 
@@ -200,28 +199,18 @@ class IndexWrites(IndexBase):
         return np.array([row[0] for row in chunk_rows], dtype=np.int64)
 
     @locked
-    def adopt_derived(
-        self,
-        generation: int,
-        vectors: tuple[faiss.Index, VectorIndexInfo] | None,
-        matrix: KeywordMatrix | None,
+    def adopt_vector_index(
+        self, generation: int, built: tuple[faiss.Index, VectorIndexInfo]
     ) -> bool:
-        """Take ``vectors`` (the ANN structure and its info) and ``matrix`` (the keyword
-        matrix), made elsewhere from every chunk stored at ``generation``
-        (:mod:`.vector_prebuild`, :mod:`.keyword_prebuild`), as what :meth:`sync_derived`
-        writes; ``False`` (nothing taken) when the index is at another generation, or either
-        holds another number of chunks."""
+        """Take ``built``, the ANN structure (and its info) of every chunk stored at
+        ``generation`` made elsewhere (:mod:`.vector_prebuild`), as the rebuilt vectors that
+        :meth:`sync_derived` writes; ``False`` (nothing taken) when the index is at another
+        generation or holds another number of chunks."""
         with self._snapshot():
             chunks = int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
-            held = [vectors[0].ntotal] if vectors else []
-            held += [matrix.count] if matrix else []
-            stamped = matrix is None or matrix.generation == generation
-            if self.generation != generation or not stamped or any(n != chunks for n in held):
+            if self.generation != generation or chunks != built[0].ntotal:
                 return False
-            if vectors is not None:
-                self._derived.adopt_vectors(generation, *vectors)
-            if matrix is not None:
-                self._derived.adopt_keywords(matrix)
+            self._derived.adopt_vectors(generation, *built)
         return True
 
     def _last_chunk_id(self) -> int:

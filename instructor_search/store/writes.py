@@ -154,9 +154,11 @@ class IndexWrites(IndexBase):
             generation = self._next_generation()
             chunk_id = self._last_chunk_id()
             logged = self._log_wanted()
+            stored = self._stored_ids([doc.id for doc, _, _ in items])
             chunk_rows, fts_rows, runs = [], [], []
             for doc, chunks, matrix in items:
-                self._remove_chunks(doc.id, generation, logged)
+                if doc.id in stored:  # a new document has nothing to remove
+                    self._remove_chunks(doc.id, generation, logged)
                 mtime, size, kind, folder = document_fields(doc)
                 meta = json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True, default=str)
                 self._db.execute(
@@ -212,6 +214,14 @@ class IndexWrites(IndexBase):
                 return False
             self._derived.adopt_vectors(generation, *built)
         return True
+
+    def _stored_ids(self, doc_ids: list[str]) -> set[str]:
+        """Which of ``doc_ids`` are stored."""
+        rows = self._db.execute(
+            "SELECT id FROM documents WHERE id IN (SELECT value FROM json_each(?))",
+            [json.dumps(doc_ids)],
+        )
+        return {row[0] for row in rows}
 
     def _last_chunk_id(self) -> int:
         """The largest chunk id ever given (AUTOINCREMENT's record of it, or the table's)."""

@@ -22,6 +22,7 @@ import numpy as np
 from instructor_search.documents import Chunk, Document
 from instructor_search.store.index import Index
 from instructor_search.store.shards import ShardFailure, read_manifest, read_shard, shard_files
+from instructor_search.store.vector_prebuild import VectorPrebuild
 
 from .build import BuildReport, changed_documents, open_index
 from .chunking import _plain_tokenizer
@@ -88,6 +89,13 @@ def ingest_into(
     for manifest in manifests:
         index.check_compatible(manifest.settings())
     stored = index.document_hashes()
+    files = [
+        (manifest, shard_files(folder)) for folder, manifest in zip(folders, manifests, strict=True)
+    ]
+    # A fresh index's vector index is built on another thread, beside the writes.
+    beside = (
+        _Beside(index, [f for _, names in files for f in names]) if sync and not stored else None
+    )
     seen: set[str] = set()
     batch: list[tuple[Document, list[Chunk], np.ndarray, bool]] = []
     batched_chunks = 0
@@ -96,7 +104,9 @@ def ingest_into(
         nonlocal batched_chunks
         if not batch:
             return
-        index.upsert([(doc, chunks, vectors) for doc, chunks, vectors, _ in batch])
+        ids = index.upsert([(doc, chunks, vectors) for doc, chunks, vectors, _ in batch])
+        if beside is not None:
+            beside.add(ids, batch)
         for _, chunks, _, is_update in batch:
             report.chunks_embedded += len(chunks)
             if is_update:
@@ -106,32 +116,67 @@ def ingest_into(
         batch.clear()
         batched_chunks = 0
 
-    for folder, manifest in zip(folders, manifests, strict=True):
-        for file in shard_files(folder):
-            for item in read_shard(file, manifest):
-                if isinstance(item, ShardFailure):
-                    _failed(report, item.path, item.line, item.reason)
-                    continue
-                doc, chunks, vectors = item
-                if doc.id in seen:
-                    _failed(report, str(file), None, f"duplicate id {doc.id!r} (another file)")
-                    continue
-                seen.add(doc.id)
-                for pending, is_update in changed_documents([doc], stored, report):
-                    if token_counts:
-                        counts = token_counts(doc.id, chunks)
-                        chunks = [
-                            dataclasses.replace(chunk, token_count=count)
-                            for chunk, count in zip(chunks, counts, strict=True)
-                        ]
-                    batch.append((pending, chunks, vectors, is_update))
-                    batched_chunks += len(chunks)
-                if len(batch) >= BATCH_DOCUMENTS or batched_chunks >= BATCH_CHUNKS:
-                    flush()
-    flush()
+    try:
+        for manifest, names in files:
+            for file in names:
+                for item in read_shard(file, manifest):
+                    if isinstance(item, ShardFailure):
+                        _failed(report, item.path, item.line, item.reason)
+                        continue
+                    doc, chunks, vectors = item
+                    if doc.id in seen:
+                        _failed(report, str(file), None, f"duplicate id {doc.id!r} (another file)")
+                        continue
+                    seen.add(doc.id)
+                    for pending, is_update in changed_documents([doc], stored, report):
+                        if token_counts:
+                            chunks = _counted(token_counts, doc.id, chunks)
+                        batch.append((pending, chunks, vectors, is_update))
+                        batched_chunks += len(chunks)
+                    if len(batch) >= BATCH_DOCUMENTS or batched_chunks >= BATCH_CHUNKS:
+                        flush()
+        flush()
+    except BaseException:
+        if beside is not None:
+            beside.abandon()
+        raise
+    if beside is not None:
+        beside.finish()
     if sync:
         index.sync_derived()
     return report
+
+
+class _Beside:
+    """The vector index of a fresh ingest, built beside its writes (:mod:`.vector_prebuild`)
+    and handed to the index when no other writer came between."""
+
+    def __init__(self, index: Index, files: list[Path]) -> None:
+        self._index, self._generation = index, index.generation
+        self._vectors = VectorPrebuild(files, index.settings.dimension)
+
+    def add(
+        self, ids: np.ndarray, batch: list[tuple[Document, list[Chunk], np.ndarray, bool]]
+    ) -> None:
+        """One upserted batch (one generation) and the chunk ids it was given."""
+        self._generation += 1
+        self._vectors.add(ids, np.concatenate([vectors for _, _, vectors, _ in batch]))
+
+    def abandon(self) -> None:
+        self._vectors.abandon()
+
+    def finish(self) -> None:
+        built = self._vectors.finish()
+        if built is not None and not self._index.adopt_vector_index(self._generation, built):
+            logger.info("the index changed beside the ingest; its vectors are built from SQLite")
+
+
+def _counted(token_counts: TokenCounts, doc_id: str, chunks: list[Chunk]) -> list[Chunk]:
+    counts = token_counts(doc_id, chunks)
+    return [
+        dataclasses.replace(chunk, token_count=count)
+        for chunk, count in zip(chunks, counts, strict=True)
+    ]
 
 
 def _failed(report: BuildReport, path: str, line: int | None, reason: str) -> None:

@@ -25,6 +25,7 @@ from .derived import INDEX_FILE, DerivedFiles
 BUSY_TIMEOUT_MS = 30_000
 #: FTS5 column weights for bm25(): chunk text, document title.
 TEXT_WEIGHT, TITLE_WEIGHT = 1.0, 0.5
+KEYWORD_WEIGHTS = {"text": TEXT_WEIGHT, "title": TITLE_WEIGHT}
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -75,8 +76,7 @@ class IndexBase:
         self.settings = CollectionSettings(
             **{k: row[k] for k in CollectionSettings.__annotations__}
         )
-        weights = {"text": TEXT_WEIGHT, "title": TITLE_WEIGHT}
-        self._derived = DerivedFiles(path, db, self.settings.dimension, weights)
+        self._derived = DerivedFiles(path, db, self.settings.dimension, KEYWORD_WEIGHTS)
 
     def _collection(self) -> dict[str, Any]:
         cursor = self._db.execute("SELECT * FROM collection WHERE id = 1")

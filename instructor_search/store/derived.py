@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.sqlite"
 VECTORS_FILE = "vectors.faiss"
 KEYWORDS_FILE = "keywords.bm25"
+#: The FTS5 table the keyword matrix is read from.
+FTS_TABLE = "chunks_fts"
 #: A delta is folded into its file when it holds more than this many chunks, or this share of
 #: the index: searched exactly, 2% of 1M chunks costs ~3 ms a query.
 MERGE_MIN = 2_048
@@ -218,6 +220,11 @@ class DerivedFiles:
         index, self._unsaved = self.build_vectors(ids, matrix.reshape(len(ids), self._dimension))
         return Vectors(index)
 
+    def adopt_vectors(self, generation: int, index: faiss.Index, info: VectorIndexInfo) -> None:
+        """Take ``index``, built elsewhere from exactly the embeddings stored at
+        ``generation``, as if rebuilt here: :meth:`sync_vectors` writes it."""
+        self._vectors, self._unsaved = (generation, Vectors(index)), info
+
     def prepare_vectors(self, generation: int) -> None:
         """Writer side, inside a snapshot: the vectors of ``generation``, rebuilt from SQLite
         when their delta is due for a merge that the index type no longer suits (flat grown
@@ -364,7 +371,7 @@ class DerivedFiles:
         if current is not None and current.delta_rows <= merge_threshold(current.count):
             return None
         try:
-            return keywords.build(self._db.conn, "chunks_fts", self._weights, generation)
+            return keywords.build(self._db.conn, FTS_TABLE, self._weights, generation)
         except (keywords.KeywordMatrixError, sqlite3.Error) as exc:
             log.warning("keyword matrix not built (%s); FTS5 answers keyword searches", exc)
             return None

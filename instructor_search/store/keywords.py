@@ -56,14 +56,13 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import IndexStoreError
+from .keyword_instances import InstancesError, read_postings
 from .keyword_topk import TermCache, TermPostings, top_rows
 
 log = logging.getLogger(__name__)
 
 #: FTS5's bm25() constants (fts5_aux.c).
 K1, B = 1.2, 0.75
-#: Instances of terms read from FTS5 per query while building (bounds the memory used).
-SLICE_INSTANCES = 4_000_000
 #: Bytes of computed BM25 contributions (and of postings copied) a matrix keeps for the terms
 #: of recent queries (all the postings of a word in every row of a million chunks: 8 MB), and
 #: how many terms at most: the least recently used go first.
@@ -295,7 +294,11 @@ def _tokenize_option(conn: sqlite3.Connection, table: str) -> str | None:
 
 
 def build(
-    conn: sqlite3.Connection, table: str, column_weights: Mapping[str, float], generation: int
+    conn: sqlite3.Connection,
+    table: str,
+    column_weights: Mapping[str, float],
+    generation: int,
+    log_level: int = logging.INFO,
 ) -> KeywordMatrix:
     """Read every token instance of the FTS5 ``table`` and precompute its BM25 postings with the
     given column weights, stamped with ``generation``. Run it inside one read transaction.
@@ -311,27 +314,18 @@ def build(
         )
     columns = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
     weight = np.array([column_weights[c] for c in columns], dtype=np.float64)
-    row_vocab, instances = f"temp.{table}_rowvocab", f"temp.{table}_instances"
+    row_vocab = f"temp.{table}_rowvocab"
     conn.execute(f"CREATE VIRTUAL TABLE {row_vocab} USING fts5vocab(main, \"{table}\", 'row')")
-    conn.execute(f"CREATE VIRTUAL TABLE {instances} USING fts5vocab(main, \"{table}\", 'instance')")
     try:
         rowids = conn.execute(f'SELECT rowid FROM "{table}" ORDER BY rowid').fetchall()
         chunk_ids = np.array([r[0] for r in rowids], dtype=np.int64).reshape(-1)
         vocab = conn.execute(f"SELECT term, doc, cnt FROM {row_vocab}").fetchall()
-        column_case = " ".join(f"WHEN ? THEN {i}" for i in range(len(columns)))
-        sql = (
-            f"SELECT group_concat(doc * {len(columns)} + CASE col {column_case} END) "
-            f"FROM {instances} WHERE term >= ? AND term <= ?"
-        )
-        length = np.zeros(len(chunk_ids))  # D: tokens per row, all columns (exact in float64)
-        parts = []
-        for a, b in _slices([v[2] for v in vocab]):
-            text = conn.execute(sql, [*columns, vocab[a][0], vocab[b - 1][0]]).fetchone()[0]
-            codes = np.fromstring(text or "", dtype=np.int64, sep=",")
-            parts.append(_postings(codes, vocab[a:b], chunk_ids, weight, length))
     finally:
-        conn.execute(f"DROP TABLE {instances}")
         conn.execute(f"DROP TABLE {row_vocab}")
+    try:
+        parts, length = read_postings(conn, table, columns, vocab, chunk_ids, weight)
+    except InstancesError as exc:
+        raise KeywordMatrixError(str(exc)) from exc
     rows = np.concatenate([p[0] for p in parts] or [np.empty(0, np.int32)])
     freq = np.concatenate([p[1] for p in parts] or [np.empty(0)]).astype(np.float32)
     df = np.array([v[1] for v in vocab], dtype=np.int64)
@@ -340,8 +334,8 @@ def build(
         generation, tokenize, chunk_ids, length.astype(np.int32), [v[0] for v in vocab],
         offsets, rows, freq,
     )  # fmt: skip
-    log.info("keyword matrix: %d rows, %d terms, %d postings in %.1f s",
-             len(chunk_ids), len(vocab), len(freq), time.perf_counter() - started)  # fmt: skip
+    log.log(log_level, "keyword matrix: %d rows, %d terms, %d postings in %.1f s",
+            len(chunk_ids), len(vocab), len(freq), time.perf_counter() - started)  # fmt: skip
     return matrix
 
 
@@ -359,9 +353,9 @@ def build_rows(
         option = "'" + tokenize.replace("'", "''") + "'"
         names = ", ".join(column_weights)
         conn.execute(f"CREATE VIRTUAL TABLE delta USING fts5({names}, tokenize={option})")
+        conn.execute("BEGIN")  # one transaction: FTS5 writes one segment, not one per row
         conn.executemany("INSERT INTO delta (rowid, text, title) VALUES (?, ?, ?)", rows)
-        conn.execute("BEGIN")
-        return build(conn, "delta", column_weights, generation)
+        return build(conn, "delta", column_weights, generation, logging.DEBUG)
     finally:
         conn.close()
 
@@ -369,42 +363,3 @@ def build_rows(
 def _idf(rows: int, hits: int) -> float:
     idf = math.log((rows - hits + 0.5) / (hits + 0.5))  # libm's log, as FTS5's
     return idf if idf > 0.0 else 1e-6
-
-
-def _slices(counts: Sequence[int]) -> list[tuple[int, int]]:
-    """Consecutive term ranges of about :data:`SLICE_INSTANCES` instances each."""
-    slices, start, total = [], 0, 0
-    for i, n in enumerate(counts):
-        total += n
-        if total >= SLICE_INSTANCES:
-            slices.append((start, i + 1))
-            start, total = i + 1, 0
-    if start < len(counts):
-        slices.append((start, len(counts)))
-    return slices
-
-
-def _postings(
-    codes: np.ndarray,
-    vocab: list[tuple[str, int, int]],
-    chunk_ids: np.ndarray,
-    weight: np.ndarray,
-    length: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(row positions int32, weighted hits f) of the postings of the terms ``vocab``
-    from their instance codes (``rowid * columns + column``, in term, row, column order); adds
-    each posting's hits to ``length``."""
-    counts = np.array([v[2] for v in vocab], dtype=np.int64)
-    if len(codes) != counts.sum():
-        raise KeywordMatrixError("fts5vocab instances and term counts disagree")
-    term = np.repeat(np.arange(len(vocab)), counts)
-    doc, column = np.divmod(codes, len(weight))
-    starts = np.flatnonzero(np.r_[True, (doc[1:] != doc[:-1]) | (term[1:] != term[:-1])])
-    if not np.array_equal(np.bincount(term[starts], minlength=len(vocab)), [v[1] for v in vocab]):
-        raise KeywordMatrixError("fts5vocab rows and instances disagree")
-    rows = np.searchsorted(chunk_ids, doc[starts])
-    if len(rows) and (rows.max() >= len(chunk_ids) or np.any(chunk_ids[rows] != doc[starts])):
-        raise KeywordMatrixError("fts5vocab instances name rows the table does not hold")
-    length += np.bincount(rows, weights=np.diff(np.r_[starts, len(codes)]), minlength=len(length))
-    freq = np.add.reduceat(weight[column], starts) if len(starts) else np.empty(0)
-    return rows.astype(np.int32), freq

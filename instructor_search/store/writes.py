@@ -8,11 +8,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import PurePosixPath
 from typing import NamedTuple
 
+import faiss
 import numpy as np
 
 from ..documents import Chunk, Document
 from ..errors import IndexMismatchError, InputError
 from .connection import IndexBase, locked, utc_now
+from .vectors import VectorIndexInfo
 
 
 def document_fields(doc: Document) -> tuple[float | None, int, str | None, str]:
@@ -42,14 +44,15 @@ class StoredDocument(NamedTuple):
 class IndexWrites(IndexBase):
     """Upserts and deletes (part of :class:`~instructor_search.store.index.Index`)."""
 
-    def _remove_chunks(self, doc_id: str, generation: int) -> None:
+    def _remove_chunks(self, doc_id: str, generation: int, logged: bool = True) -> None:
         # Logged with the values FTS5 indexed (readers' keyword deltas subtract them).
-        self._db.execute(
-            "INSERT INTO chunk_changes (generation, chunk_id, deleted, text, title) "
-            "SELECT ?, c.id, 1, c.text, d.title FROM chunks c JOIN documents d "
-            "ON d.id = c.doc_id WHERE c.doc_id = ?",
-            [generation, doc_id],
-        )
+        if logged:
+            self._db.execute(
+                "INSERT INTO chunk_changes (generation, chunk_id, deleted, text, title) "
+                "SELECT ?, c.id, 1, c.text, d.title FROM chunks c JOIN documents d "
+                "ON d.id = c.doc_id WHERE c.doc_id = ?",
+                [generation, doc_id],
+            )
         self._remove_fields(doc_id)
         # A contentless FTS5 table deletes a row given the values it indexed.
         self._db.execute(
@@ -86,6 +89,15 @@ class IndexWrites(IndexBase):
             "WHERE true ON CONFLICT (key, type) DO UPDATE SET documents = documents + 1",
             [metadata],
         )
+
+    def _log_wanted(self) -> bool:
+        """Whether a derived file exists that the change log can bring forward (its generation
+        at or after ``changes_since``). When none does, as in a fresh ingest, a write need not
+        log its chunks: it moves ``changes_since`` up to its own generation instead, and a file
+        written since from an older snapshot reads as older than the log (rebuilt)."""
+        since = self._derived.changes_since()
+        held = (self._derived.vectors_generation(), self._derived.keywords_generation())
+        return any(g is not None and g >= since for g in held)
 
     def _next_generation(self) -> int:
         return int(self._db.execute("SELECT generation FROM collection").fetchone()[0]) + 1
@@ -126,23 +138,27 @@ class IndexWrites(IndexBase):
         return matrix
 
     @locked
-    def upsert(self, batch: Sequence[tuple[Document, Sequence[Chunk], np.ndarray]]) -> None:
+    def upsert(self, batch: Sequence[tuple[Document, Sequence[Chunk], np.ndarray]]) -> np.ndarray:
         """Insert or replace documents with their chunks and embeddings, in one transaction
-        (a document given twice is stored as given last)."""
+        (a document given twice is stored as given last, in its first place); the chunk ids
+        given, in the order stored."""
         last = {doc.id: (doc, chunks, emb) for doc, chunks, emb in batch}
         items = [
             (doc, list(chunks), self._checked(doc, chunks, emb))
             for doc, chunks, emb in last.values()
         ]
         if not items:
-            return
+            return np.empty(0, np.int64)
         now = utc_now()
         with self._write():
             generation = self._next_generation()
             chunk_id = self._last_chunk_id()
+            logged = self._log_wanted()
+            stored = self._stored_ids([doc.id for doc, _, _ in items])
             chunk_rows, fts_rows, runs = [], [], []
             for doc, chunks, matrix in items:
-                self._remove_chunks(doc.id, generation)
+                if doc.id in stored:  # a new document has nothing to remove
+                    self._remove_chunks(doc.id, generation, logged)
                 mtime, size, kind, folder = document_fields(doc)
                 meta = json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True, default=str)
                 self._db.execute(
@@ -174,11 +190,38 @@ class IndexWrites(IndexBase):
                 "VALUES (?, ?, ?, ?)",
                 runs,
             )
-            conn.executemany(
-                "INSERT INTO chunk_changes (generation, chunk_id, deleted) VALUES (?, ?, 0)",
-                [(generation, row[0]) for row in chunk_rows],
-            )
+            if logged:
+                conn.executemany(
+                    "INSERT INTO chunk_changes (generation, chunk_id, deleted) VALUES (?, ?, 0)",
+                    [(generation, row[0]) for row in chunk_rows],
+                )
+            else:
+                self._db.execute("UPDATE collection SET changes_since = ?", [generation])
             self._bump()
+        return np.array([row[0] for row in chunk_rows], dtype=np.int64)
+
+    @locked
+    def adopt_vector_index(
+        self, generation: int, built: tuple[faiss.Index, VectorIndexInfo]
+    ) -> bool:
+        """Take ``built``, the ANN structure (and its info) of every chunk stored at
+        ``generation`` made elsewhere (:mod:`.vector_prebuild`), as the rebuilt vectors that
+        :meth:`sync_derived` writes; ``False`` (nothing taken) when the index is at another
+        generation or holds another number of chunks."""
+        with self._snapshot():
+            chunks = int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+            if self.generation != generation or chunks != built[0].ntotal:
+                return False
+            self._derived.adopt_vectors(generation, *built)
+        return True
+
+    def _stored_ids(self, doc_ids: list[str]) -> set[str]:
+        """Which of ``doc_ids`` are stored."""
+        rows = self._db.execute(
+            "SELECT id FROM documents WHERE id IN (SELECT value FROM json_each(?))",
+            [json.dumps(doc_ids)],
+        )
+        return {row[0] for row in rows}
 
     def _last_chunk_id(self) -> int:
         """The largest chunk id ever given (AUTOINCREMENT's record of it, or the table's)."""

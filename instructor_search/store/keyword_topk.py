@@ -62,6 +62,8 @@ class TermPostings:
     def scores(self, at: np.ndarray | None = None) -> np.ndarray:
         """The contributions at posting positions ``at`` (all postings: computed once)."""
         if at is not None:
+            if self._all is not None:
+                return self._all[at]
             return self._contributions(at, self.rows[at].astype(np.intp))
         if self._all is None:
             self._all = self._contributions(None, self.positions())
@@ -125,10 +127,11 @@ def top_rows(
     number of rows."""
     order = sorted(range(len(terms)), key=lambda i: len(terms[i].rows))
     rest = [*np.cumsum([terms[i].bound for i in reversed(order)])[::-1].tolist(), 0.0]
-    partial = np.zeros(size)
-    if allowed is not None:  # rows not allowed stay below every bound: never a candidate
-        partial = np.full(size, -np.inf)
-        partial[allowed] = 0.0
+    partial = np.zeros(size)  # rows not allowed are never added to: never a candidate
+    mask = None
+    if allowed is not None:
+        mask = np.zeros(size, dtype=bool)
+        mask[allowed] = True
     theta, used, unraised = 0.0, 0, []  # rows of the terms added since theta was raised
     while used < len(order):
         term = terms[order[used]]
@@ -142,7 +145,12 @@ def top_rows(
             if len(term.rows) > TERM_COST * left:  # cheaper to score those rows than add it
                 break
         rows = term.positions()
-        np.add.at(partial, rows, term.scores())  # a term's rows are distinct
+        if mask is None:
+            np.add.at(partial, rows, term.scores())  # a term's rows are distinct
+        else:  # only the allowed postings are scored (the same doubles as all of them)
+            at = np.flatnonzero(mask[rows])
+            rows = rows[at]
+            np.add.at(partial, rows, term.scores(at))
         used += 1
         if len(rows) >= k:  # the k-th best of its rows bounds the k-th best of all
             unraised.append(rows)

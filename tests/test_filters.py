@@ -196,3 +196,77 @@ def test_chunk_runs_follow_every_write_and_an_old_index_gets_them(tmp_path):
     with Index.open(path) as ix:
         for year in (2000, 2001):
             assert ix.matching_chunk_ids({"year": year}).tolist() == expected[year]
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"year": 2020},
+        {"year": None},  # missing or null: the NOT IN form
+        {"year": {">=": 2021}},
+        {"tags": "y"},  # a list member
+        {"tags": ["x", "z"], "draft": True},
+        {"code": [7, "B7"]},
+        {"year": {"!=": None}, "title": "B.MD"},  # with a built-in field: documents first
+    ],
+)
+def test_metadata_filters_read_the_fields_index_alone_and_match_as_the_documents_do(index, where):
+    """A filter on metadata alone finds its documents' runs from ``document_fields`` without
+    the ``documents`` table; the ids are those a scan of every document's JSON gives."""
+    condition, params = index._filter_sql(where)
+    rows = index._db.execute(
+        f"SELECT c.id FROM documents d JOIN chunks c ON c.doc_id = d.id WHERE {condition} "
+        "ORDER BY c.id",
+        params,
+    )
+    assert index.matching_chunk_ids(where).tolist() == [r[0] for r in rows]
+    scanned = sorted(
+        doc_id
+        for doc_id, meta in METADATA.items()
+        if all(_matches(meta, doc_id, field, test) for field, test in where.items())
+    )
+    assert docs(index, where) == scanned
+
+
+def _matches(meta: dict, doc_id: str, field: str, test) -> bool:
+    """The reference: ``where``'s meaning on one document's metadata (what the tests use)."""
+    if field == "title":
+        return doc_id.upper() == test
+    value = meta.get(field)
+    if isinstance(test, dict):
+        ((op, bound),) = test.items()
+        if bound is None:
+            return value is not None
+        return value is not None and {">=": value >= bound, "!=": value != bound}[op]
+    if isinstance(value, list):
+        return bool(set(value) & set(test if isinstance(test, list) else [test]))
+    if isinstance(test, list):
+        return value in test and not isinstance(value, bool)
+    return value == test and type(value) is type(test)
+
+
+def test_an_old_index_gets_the_fields_lookup_index(tmp_path):
+    path = tmp_path / "idx"
+    rng = np.random.default_rng(2)
+    with Index.create(path, SETTINGS) as ix:
+        ix.upsert([_item(doc_id, rng) for doc_id in METADATA])
+        expected = ix.matching_chunk_ids({"year": 2023}).tolist()
+        ix._db.execute("DROP INDEX idx_document_fields_lookup")  # as an index before m006
+        ix._db.execute(
+            "CREATE INDEX idx_document_fields_value ON document_fields(key, member, value)"
+        )
+        ix._db.execute("DELETE FROM _migrations WHERE name = 'm006_document_fields_lookup'")
+    with Index.open(path) as ix:
+        names = {
+            r[0] for r in ix._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert "idx_document_fields_lookup" in names and "idx_document_fields_value" not in names
+        assert ix.matching_chunk_ids({"year": 2023}).tolist() == expected
+        plan = " ".join(
+            str(r)
+            for r in ix._db.execute(
+                "EXPLAIN QUERY PLAN SELECT doc_id FROM document_fields "
+                "WHERE key = 'year' AND member = 0 AND value = 2023"
+            )
+        )
+        assert "COVERING INDEX idx_document_fields_lookup" in plan

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import FilterError
 from .connection import IndexBase, locked
-from .filters import BUILTIN_FIELDS, where_sql
+from .filters import BUILTIN_FIELDS, on_metadata_only, where_sql
 
 #: How many recent ``where`` filters keep their matching chunk ids in memory.
 MATCHING_CACHE = 8
@@ -89,14 +89,20 @@ class IndexFields(IndexBase):
                 self._matching.move_to_end(key)
                 return self._matching[key]
             condition, params = self._filter_sql(where)
-            # CROSS JOIN: filter documents first, then their chunk-id runs (one small row per
-            # document in document_runs; never a scan of chunks, whose rows carry embeddings)
-            join = (
-                f"FROM documents d CROSS JOIN document_runs r ON r.doc_id = d.id WHERE {condition}"
-            )
+            # The chunk-id runs (one small row per document in document_runs; never a scan of
+            # chunks, whose rows carry embeddings) of the matching documents: found from the
+            # document_fields index alone for metadata, else by filtering documents first
+            if on_metadata_only(where):
+                on_runs, _ = where_sql(where, self.fields(), ids="r.doc_id")
+                runs_sql = f"FROM document_runs r WHERE {on_runs}"
+            else:
+                runs_sql = (
+                    "FROM documents d CROSS JOIN document_runs r ON r.doc_id = d.id "
+                    f"WHERE {condition}"
+                )
             runs = np.array(
                 self._db.execute(
-                    f"SELECT r.first_chunk, r.last_chunk, r.chunks {join}", params
+                    f"SELECT r.first_chunk, r.last_chunk, r.chunks {runs_sql}", params
                 ).fetchall(),
                 dtype=np.int64,
             ).reshape(-1, 3)

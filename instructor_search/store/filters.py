@@ -135,16 +135,28 @@ def validate_where(where: Mapping[str, Any], fields: Mapping[str, str]) -> list[
     return conditions
 
 
-def _metadata_clause(field: str, test: str, params: list[Any], member: int = 0) -> str:
-    """Documents whose metadata ``field`` passes ``test`` (on ``value``), looked up in the
-    ``document_fields`` index instead of each document's JSON."""
+def _metadata_clause(
+    field: str, test: str, params: list[Any], member: int = 0, ids: str = "d.id"
+) -> str:
+    """Documents (their id: the column ``ids``) whose metadata ``field`` passes ``test`` (on
+    ``value``), looked up in the ``document_fields`` index instead of each document's JSON."""
     params.insert(0, member)
     params.insert(0, field)
-    return f"d.id IN (SELECT doc_id FROM document_fields WHERE key = ? AND member = ? AND {test})"
+    lookup = f"SELECT doc_id FROM document_fields WHERE key = ? AND member = ? AND {test}"
+    return f"{ids} IN ({lookup})"
 
 
-def where_sql(where: Mapping[str, Any], known: Mapping[str, str]) -> tuple[str, list[Any]]:
+def on_metadata_only(where: Mapping[str, Any]) -> bool:
+    """Whether ``where`` names metadata fields only (then it needs no ``documents`` row)."""
+    return not any(field in BUILTIN_FIELDS for field in where)
+
+
+def where_sql(
+    where: Mapping[str, Any], known: Mapping[str, str], ids: str = "d.id"
+) -> tuple[str, list[Any]]:
     """``where`` as an SQL condition on ``documents d``; user values only as bound parameters.
+    ``ids`` is the column of document ids the metadata conditions test (with
+    :func:`on_metadata_only`, one of another table than ``documents``).
 
     ``{"type": "pdf"}`` equality, ``{"type": ["pdf", "md"]}`` IN, ``{"year": {">=": 2020}}``
     comparisons (``= != < <= > >=``; ``None`` means NULL: a missing key or a JSON null), keys
@@ -174,8 +186,8 @@ def where_sql(where: Mapping[str, Any], known: Mapping[str, str]) -> tuple[str, 
                 test = f"{column} IS {'NOT ' if op == '!=' else ''}NULL"
             clauses.append(test)
         elif value is None and op == "=":  # missing, or null: no non-null value stored
-            clauses.append("NOT " + _metadata_clause(field, test, values))
+            clauses.append("NOT " + _metadata_clause(field, test, values, ids=ids))
         else:
-            clauses.append(_metadata_clause(field, test, values, member=int(op == "any")))
+            clauses.append(_metadata_clause(field, test, values, int(op == "any"), ids))
         params += values
     return " AND ".join(clauses) or "1", params

@@ -5,6 +5,10 @@ is embedded. The report is a build's (:class:`~.build.BuildReport`); ``chunks_em
 the chunks stored from the shards. The shard format has no token counts: chunks are stored with
 ``token_count`` 0 unless :data:`TokenCounts` are given (the Ray engine's workers send theirs;
 :func:`token_counter` counts again on the model's tokenizer).
+
+Into an empty index, the IVF index is trained and filled on another thread while the rows go
+in (:mod:`~instructor_search.store.vector_prebuild`), and written by ``sync_derived`` when no
+other writer came between; the writes skip the change log while no derived file exists.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -73,8 +74,11 @@ def _same_view(conn: sqlite3.Connection, table: str) -> sqlite3.Connection | Non
     file = next((r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"), "")
     if not file:
         return None
-    structure = f'SELECT block FROM "{table}_data" WHERE id = 10'
-    other = sqlite3.connect(f"file:{file}?mode=ro", uri=True, check_same_thread=False)
+    structure = f'SELECT block FROM "{table}_data" WHERE id = 10'  # FTS5's segment list
+    try:
+        other = sqlite3.connect(f"{Path(file).as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    except sqlite3.Error:
+        return None
     try:
         other.execute("BEGIN")
         if other.execute(structure).fetchone() == conn.execute(structure).fetchone():

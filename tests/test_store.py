@@ -19,7 +19,7 @@ from instructor_search.errors import (
 )
 from instructor_search.store import vectors
 from instructor_search.store.fields import MATCHING_CACHE
-from instructor_search.store.index import CollectionSettings, Index, IndexStats
+from instructor_search.store.index import PAGE_SIZE, CollectionSettings, Index, IndexStats
 from instructor_search.store.migrations import MIGRATIONS, SCHEMA_VERSION
 
 DIM = 16
@@ -509,3 +509,9 @@ def test_matching_chunk_ids_reads_runs_and_copes_without_them(index):
         )
         index._bump()
     assert index.matching_chunk_ids({"lang": "en"}).tolist() == sorted([*expected[1:], 1000])
+
+
+def test_a_new_index_has_large_pages(tmp_path):
+    """A ~3 KB chunk row fits once in a 4 KB page: new indexes use PAGE_SIZE pages."""
+    with Index.create(tmp_path / "idx", SETTINGS) as ix:
+        assert ix._db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 16384

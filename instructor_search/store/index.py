@@ -53,6 +53,10 @@ __all__ = [
 
 #: A new ``index.sqlite`` is made under this name (+ a process id) and renamed when complete.
 CREATING_PREFIX = f"{INDEX_FILE}.creating-"
+#: SQLite page size of a new index. A chunk row (text and a 1,536-byte embedding, ~3 KB) fits
+#: once in a 4 KB page, wasting ~1.2 KB per chunk; 16 KB pages hold five. At 100k chunks from
+#: shards: file 609 -> 539 MB, ingest 38-39 -> 35-36 s. Indexes made before keep their pages.
+PAGE_SIZE = 16384
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,7 @@ class Index(IndexWrites, IndexReads):
         creating = path / f"{CREATING_PREFIX}{os.getpid()}"
         db = connect(creating)  # rollback journal: everything is in the one file once closed
         try:
+            db.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # before the first table
             migrate(db)
             row = asdict(settings) | {"id": 1, "schema_version": SCHEMA_VERSION, "generation": 0}
             row |= {"created_at": utc_now(), "settings_json": "{}", "index_type": "flat"}

@@ -169,6 +169,20 @@ def test_stems_count_once_per_word(index):
     assert index.keyword_search("run RUN Run", 1000) == index.keyword_search("run", 1000)
 
 
+def test_a_querys_postings_are_its_words_document_frequencies(index):
+    """What a hybrid query's embedding thread count is chosen by: FTS5's own counts."""
+
+    def rows_holding(word: str) -> int:
+        match = keywords.match_expression([word])
+        sql = "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?"
+        return index._db.execute(sql, [match]).fetchone()[0]
+
+    query = "Running foxes, the fox! title7"
+    expected = sum(rows_holding(w) for w in keywords.query_words(query))
+    assert index.keyword_postings(query) == expected > 0
+    assert index.keyword_postings("zzzunseen") == 0
+
+
 def test_filter_returns_k_when_k_matching_chunks_hit(index):
     where = {"doc_id": ["d001", "d002", "d003", "d004"]}
     allowed = index.matching_chunk_ids(where)

@@ -22,14 +22,17 @@ _lock = threading.Lock()
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (the pid that made it, the pool)
 
 
-def embedding(model: Any, inputs: Sequence[Sequence[str]], background: bool) -> Future[np.ndarray]:
+def embedding(
+    model: Any, inputs: Sequence[Sequence[str]], background: bool, leave_a_core: bool = False
+) -> Future[np.ndarray]:
     """``model.encode(inputs, normalize_embeddings=True)``: on a worker thread when
-    ``background`` (its error, if any, is raised by ``result()``; a query encoder's
-    :meth:`~instructor_search.encoder.query.QueryEncoder.background` twin, which leaves the
-    caller a core), else now, as a done future."""
+    ``background`` (its error, if any, is raised by ``result()``), else now, as a done future.
+    With ``leave_a_core`` (the caller computes meanwhile), a query encoder's
+    :meth:`~instructor_search.encoder.query.QueryEncoder.background` twin embeds them."""
+    if leave_a_core and hasattr(model, "background"):
+        model = model.background()
     if background:
-        encoder = model.background() if hasattr(model, "background") else model
-        return _workers().submit(encoder.encode, list(inputs), normalize_embeddings=True)
+        return _workers().submit(model.encode, list(inputs), normalize_embeddings=True)
     done: Future[np.ndarray] = Future()
     done.set_result(model.encode(list(inputs), normalize_embeddings=True))
     return done

@@ -50,6 +50,10 @@ MIN_CANDIDATES = 100
 CANDIDATE_FACTOR = 4
 #: MMR reranks the best ``MMR_POOL_FACTOR * k`` candidates.
 MMR_POOL_FACTOR = 4
+#: A hybrid query whose words hold more postings than this keeps the caller's thread busy
+#: longer than its embedding takes (~15 ms for the ~3M of a SciFact claim at 1M chunks, ~3 ms
+#: for ~0.3M at 100k): its embedding then leaves the caller a core (QueryEncoder.background).
+BUSY_POSTINGS = 1_000_000
 #: Up to this many queries are searched on one FAISS thread (see ``_one_thread``).
 FEW_QUERIES = 4
 _RETRIES = 3  # a writer replacing chunks between the ANN search and the fetch: search again
@@ -225,7 +229,10 @@ class Retriever:
         vectors = None
         if mode != "keyword":  # hybrid: embedded while the keyword side runs (_candidates)
             inputs = [[instruction, query] for query, instruction in pairs]
-            vectors = embedding(self.model, inputs, background=mode == "hybrid")
+            busy = mode == "hybrid" and any(
+                self.index.keyword_postings(query) > BUSY_POSTINGS for query, _ in pairs
+            )
+            vectors = embedding(self.model, inputs, mode == "hybrid", leave_a_core=busy)
         for _ in range(_RETRIES):
             ranked = self._ranked(pairs, vectors, k, where, mode, mmr, documents)
             wanted = list(dict.fromkeys(cid for ranking in ranked for cid, _ in ranking[:k]))

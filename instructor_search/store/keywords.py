@@ -186,6 +186,11 @@ class KeywordMatrix:
         view.chunk_ids = self.chunk_ids if added is None else np.r_[self.chunk_ids, added.chunk_ids]
         return view
 
+    def postings(self, words: Sequence[str]) -> int:
+        """How many postings the saved matrix holds for ``words`` (a query's work, roughly)."""
+        found = (self._term.get(t) for w in words for t in word_tokens(self.tokenize, w))
+        return sum(int(self.offsets[i + 1] - self.offsets[i]) for i in found if i is not None)
+
     @property
     def delta_rows(self) -> int:
         """Rows added or deleted since the saved matrix (what a merge would fold in)."""

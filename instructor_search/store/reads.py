@@ -166,6 +166,14 @@ class IndexReads(IndexFields):
         return vectors.search(matrix, int(k), allowed)
 
     @locked
+    def keyword_postings(self, query: str) -> int:
+        """The postings ``keywords.bm25`` holds for ``query``'s words: about what its keyword
+        search will add up (0 when the matrix cannot answer)."""
+        with self._snapshot():
+            matrix = self._derived.keywords(self.generation)
+        return matrix.postings(keywords.query_words(query)) if matrix else 0
+
+    @locked
     def keyword_search(
         self, query: str, k: int, where: Mapping[str, Any] | None = None, *, ties: bool = False
     ) -> list[tuple[int, float]]:

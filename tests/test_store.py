@@ -515,3 +515,15 @@ def test_a_new_index_has_large_pages(tmp_path):
     """A ~3 KB chunk row fits once in a 4 KB page: new indexes use PAGE_SIZE pages."""
     with Index.create(tmp_path / "idx", SETTINGS) as ix:
         assert ix._db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 16384
+
+
+def test_an_index_under_a_path_with_uri_characters(tmp_path):
+    """``?``, ``#`` and ``%`` in a folder name are a path, not parts of an SQLite URI."""
+    path = tmp_path / "notes?v=1#draft 100%" / "idx"
+    with Index.create(path, SETTINGS) as ix:
+        vector = np.ones((1, DIM), np.float32) / np.sqrt(DIM)
+        ix.upsert([(Document("a", "alpha text"), [Chunk(0, "alpha text", 0, 10, 2)], vector)])
+        ix.sync_derived()
+    with Index.open(path, readonly=True) as ix:
+        assert ix.stats().chunks == 1 and ix.keyword_search("alpha", 5)
+    assert Index.exists(path)

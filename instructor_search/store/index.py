@@ -75,7 +75,7 @@ def _unfinished(file: Path) -> bool:
     if file.stat().st_size == 0:
         return True
     try:
-        db = sqlite3.connect(f"file:{file}?mode=ro", uri=True, timeout=30)
+        db = sqlite3.connect(f"{file.absolute().as_uri()}?mode=ro", uri=True, timeout=30)
         try:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
             if not tables:

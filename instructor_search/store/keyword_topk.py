@@ -48,16 +48,12 @@ class TermPostings:
         self.rows, self.bound, self.held = rows, bound, held
         self._contributions = contributions
         self._all: np.ndarray | None = None
-        self._positions: np.ndarray | None = None
         self.grown: Callable[[int], None] | None = None  # told the bytes it computes
 
     def positions(self) -> np.ndarray:
-        """``rows`` as ``numpy.intp`` (made once)."""
-        if self._positions is None:
-            self._positions = self.rows.astype(np.intp, copy=False)
-            if self._positions is not self.rows:
-                self._tell(self._positions.nbytes)
-        return self._positions
+        """``rows`` as ``numpy.intp``: a copy made for each use and not kept (0.1 ms per 200k
+        postings), so the cache's memory holds contributions, which cost far more to make."""
+        return self.rows.astype(np.intp, copy=False)
 
     def scores(self, at: np.ndarray | None = None) -> np.ndarray:
         """The contributions at posting positions ``at`` (all postings: computed once)."""
@@ -67,21 +63,14 @@ class TermPostings:
             return self._contributions(at, self.rows[at].astype(np.intp))
         if self._all is None:
             self._all = self._contributions(None, self.positions())
-            self._tell(self._all.nbytes)
+            if self.grown is not None:
+                self.grown(self._all.nbytes)
         return self._all
-
-    def _tell(self, nbytes: int) -> None:
-        if self.grown is not None:
-            self.grown(nbytes)
 
     @property
     def nbytes(self) -> int:
-        """Memory of its own: the copies made for it, its native-index rows and its
-        contributions once computed."""
-        own = self.held + (0 if self._all is None else self._all.nbytes)
-        if self._positions is not None and self._positions is not self.rows:
-            own += self._positions.nbytes
-        return own
+        """Memory of its own: the copies made for it, and its contributions once computed."""
+        return self.held + (0 if self._all is None else self._all.nbytes)
 
 
 class TermCache:

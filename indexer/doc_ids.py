@@ -18,18 +18,21 @@ from pathlib import Path
 
 from instructor_search.documents import Document
 
+#: What follows a root in a source under it: a path separator, or a record's ``:line`` / ``#n``.
+_AFTER_ROOT = (os.sep, ":", "#")
+
 
 def under(source: str, root: str) -> bool:
     """Whether a stored ``source`` (a file, or a record ``file:line`` / ``file#n``) is in
     ``root`` (a folder or a file)."""
-    return source == root or source.startswith((root + os.sep, root + ":", root + "#"))
+    return source == root or source.startswith(tuple(root + tail for tail in _AFTER_ROOT))
 
 
 def under_any(roots: Iterable[str]) -> Callable[[str], bool]:
     """Whether a stored ``source`` is :func:`under` any of ``roots`` (one test per source,
     however many roots)."""
     names = set(roots)
-    starts = tuple(f"{root}{tail}" for root in names for tail in (os.sep, ":", "#"))
+    starts = tuple(root + tail for root in names for tail in _AFTER_ROOT)
     return lambda source: source in names or source.startswith(starts)
 
 

@@ -270,3 +270,14 @@ def test_an_old_index_gets_the_fields_lookup_index(tmp_path):
             )
         )
         assert "COVERING INDEX idx_document_fields_lookup" in plan
+
+
+def test_recent_keys_by_identity_and_keeps_the_newest():
+    from instructor_search.store.recent import Recent
+
+    recent: Recent[int] = Recent(2)
+    a, b, c = np.arange(3), np.arange(3), np.arange(3)  # equal, not the same
+    assert recent.get(a, lambda: 1) == 1 and recent.get(a, lambda: 9) == 1
+    assert recent.get(b, lambda: 2) == 2  # an equal array is another key
+    assert recent.get(c, lambda: 3) == 3  # a third: the oldest (a) goes
+    assert recent.get(a, lambda: 4) == 4 and recent.get(c, lambda: 9) == 3

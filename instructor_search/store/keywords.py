@@ -58,6 +58,7 @@ import numpy as np
 from ..errors import IndexStoreError
 from .keyword_instances import InstancesError, read_postings
 from .keyword_topk import TermCache, TermPostings, top_rows
+from .recent import Recent
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ class KeywordMatrix:
         self._norm = K1 * ((1 - B) + (B * every.astype(np.float64)) / avgdl)
         self._norm_min = float(self._norm.min()) if len(self._norm) else K1
         self._scores = TermCache(SCORE_CACHE_BYTES, SCORE_CACHE_TERMS)
-        self._allowed: list[tuple[np.ndarray, np.ndarray]] = []  # allow-list, its positions
+        self._allowed: Recent[np.ndarray] = Recent(ALLOWED_CACHE)  # allow-list -> positions
 
     def with_delta(
         self, generation: int, added: KeywordMatrix | None, deleted: KeywordMatrix | None
@@ -248,17 +249,16 @@ class KeywordMatrix:
 
     def _positions(self, allowed: np.ndarray) -> np.ndarray:
         """The sorted row positions of the chunk ids ``allowed`` that this matrix holds; kept
-        for the last few allow-lists (the store hands the same array back for a filter)."""
-        for held, positions in self._allowed:
-            if held is allowed:  # the same array object: a reference is kept, never reused
-                return positions
+        for the last few allow-lists."""
+        return self._allowed.get(allowed, lambda: self._held_positions(allowed))
+
+    def _held_positions(self, allowed: np.ndarray) -> np.ndarray:
         wanted = np.asarray(allowed, dtype=np.int64)
         at = np.searchsorted(self.chunk_ids, wanted)
         held = at < len(self.chunk_ids)
         positions = at[held][self.chunk_ids[at[held]] == wanted[held]]
         if len(positions) > 1 and not np.all(positions[1:] > positions[:-1]):
             positions = np.unique(positions)  # the store's allow-lists are sorted already
-        self._allowed = [(allowed, positions), *self._allowed[: ALLOWED_CACHE - 1]]
         return positions
 
     def search(

@@ -14,10 +14,11 @@ import faiss
 import numpy as np
 
 from . import vectors as factory
+from .recent import Recent
 from .vectors import _as_matrix, describe
 
 _EMPTY_IDS = np.empty(0, dtype=np.int64)
-#: Allow-lists whose vectors a :class:`Vectors` keeps gathered (at most EXACT_FILTER_MAX each).
+#: Allow-lists whose split, vectors (at most EXACT_FILTER_MAX) or selector a Vectors keeps.
 FILTER_CACHE = 4
 
 
@@ -49,11 +50,11 @@ class Vectors:
         self.added_ids = np.ascontiguousarray(added_ids, dtype=np.int64)  # sorted
         self.added = np.empty((0, d), np.float32) if added is None else _as_matrix(added, d)
         self.deleted = np.ascontiguousarray(deleted, dtype=np.int64)  # sorted, base ids
-        # (allow-list, its base vectors or ID selector) of the last few filters (the store
-        # hands the same array back for a repeated filter): made once per filter
-        self._filtered: list[tuple[np.ndarray, np.ndarray]] = []
-        self._selectors: list[tuple[np.ndarray, faiss.IDSelector]] = []
-        self._split: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = []
+        # made once per filter, for the last few: an allow-list's split into base ids and
+        # delta rows, its base vectors (exact path) or its ID selector (IVF path)
+        self._split: Recent[tuple[np.ndarray, np.ndarray]] = Recent(FILTER_CACHE)
+        self._filtered: Recent[np.ndarray] = Recent(FILTER_CACHE)
+        self._selectors: Recent[faiss.IDSelector] = Recent(FILTER_CACHE)
 
     @property
     def ntotal(self) -> int:
@@ -92,14 +93,8 @@ class Vectors:
         return self._matrix[self._order[at]]
 
     def _held(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``allowed`` split into (base ids held, delta positions), dropping unknown ids (kept
-        for the last few allow-lists)."""
-        for held, parts in self._split:
-            if held is allowed:  # the same array object: a reference is kept, never reused
-                return parts
-        parts = self._split_allowed(allowed)
-        self._split = [(allowed, parts), *self._split[: FILTER_CACHE - 1]]
-        return parts
+        """``allowed`` split into (base ids held, delta positions), dropping unknown ids."""
+        return self._split.get(allowed, lambda: self._split_allowed(allowed))
 
     def _split_allowed(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         allowed = np.asarray(allowed, dtype=np.int64)
@@ -118,21 +113,12 @@ class Vectors:
         return base, delta_rows
 
     def _allowed_rows(self, allowed: np.ndarray, base_ids: np.ndarray) -> np.ndarray:
-        for held, rows in self._filtered:
-            if held is allowed:  # the same array object: a reference is kept, never reused
-                return rows
-        rows = self._base_rows(base_ids)
-        if len(base_ids) <= factory.EXACT_FILTER_MAX:
-            self._filtered = [(allowed, rows), *self._filtered[: FILTER_CACHE - 1]]
-        return rows
+        """The base vectors of ``base_ids`` (at most EXACT_FILTER_MAX), kept per allow-list."""
+        return self._filtered.get(allowed, lambda: self._base_rows(base_ids))
 
     def _selector(self, allowed: np.ndarray, base_ids: np.ndarray) -> faiss.IDSelector:
-        for held, selector in self._selectors:
-            if held is allowed:
-                return selector
-        selector = faiss.IDSelectorBatch(base_ids)  # kept: search params hold a raw pointer
-        self._selectors = [(allowed, selector), *self._selectors[: FILTER_CACHE - 1]]
-        return selector
+        # kept: search params hold a raw pointer to it
+        return self._selectors.get(allowed, lambda: faiss.IDSelectorBatch(base_ids))
 
     @staticmethod
     def _exact(

@@ -313,7 +313,7 @@ def test_ivf_index_through_the_store(big, rng, monkeypatch):
     with Index.open(big.path) as writer:
         writer.sync_derived()
     stats = big.stats()
-    assert stats.index_type.startswith("ivf283,nprobe=") and stats.recall_at_10 >= 0.95
+    assert stats.index_type.startswith("ivf283,fp16,nprobe=") and stats.recall_at_10 >= 0.95
     assert vectors.read_generation(big.path / "vectors.faiss") == stats.generation
     rare = big.matching_chunk_ids({"tag": "rare"})
     queries = unit(rng, 3)

@@ -51,6 +51,11 @@ def brute_force(queries: np.ndarray, matrix: np.ndarray, ids: np.ndarray, k: int
     return np.take_along_axis(sims, order, axis=1), ids[order]
 
 
+def as_stored(matrix: np.ndarray) -> np.ndarray:
+    """What an IVF index stores of ``matrix``: its float16 rounding."""
+    return matrix.astype(np.float16).astype(np.float32)
+
+
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     hits = [len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)]
     return sum(hits) / truth.size
@@ -99,8 +104,11 @@ def ivf():
 def test_ivf_above_flat_max_and_recall_is_measured_on_held_out_queries(ivf):
     index, info, matrix, ids = ivf
     assert len(ids) > vectors.FLAT_MAX
-    assert info.index_type == f"ivf{vectors.ivf_lists(60_000)},nprobe={index.nprobe}"
+    assert info.index_type == f"ivf{vectors.ivf_lists(60_000)},fp16,nprobe={index.nprobe}"
     assert info.recall_at_10 is not None and info.recall_at_10 >= 0.95
+    # the lists hold each vector's float16 rounding (half of float32's bytes)
+    stored = faiss.downcast_index(index).reconstruct_batch(ids[[0, 7, 59_999]])
+    np.testing.assert_array_equal(stored, as_stored(matrix[[0, 7, 59_999]]))
     held_out = vectors.held_out_queries(matrix)
     assert not np.isin(held_out.view("V256"), matrix.view("V256")).any()  # not index points
     # Independently of measure_recall_at_10: other fresh queries vs numpy.
@@ -115,10 +123,10 @@ def test_ivf_filtered_search(ivf):
     searcher = Vectors(index)
     rng = np.random.default_rng(8)
     queries = near(matrix, 20, seed=8)
-    # selective: answered exactly
+    # selective: answered exactly, over the stored vectors
     rows = rng.choice(len(ids), 12, replace=False)
     _, labels = searcher.search(queries, 10, ids[rows])
-    _, truth = brute_force(queries, matrix[rows], ids[rows], 10)
+    _, truth = brute_force(queries, as_stored(matrix[rows]), ids[rows], 10)
     np.testing.assert_array_equal(labels, truth)
     # broad: FAISS selector; always k hits, all allowed, recall vs brute force on the subset
     rows = np.sort(rng.choice(len(ids), 40_000, replace=False))
@@ -156,7 +164,8 @@ def test_base_plus_delta_answers_as_the_current_set(kind, ivf, tmp_path):
     assert recall(labels, truth) >= (1.0 if kind == "flat" else 0.95)
     allowed = np.sort(np.r_[every_ids[::97], gone[:5]])  # deleted ids in a filter never come back
     _, labels = current.search(queries, 10, allowed)
-    _, truth = brute_force(queries, every[::97], every_ids[::97], 10)
+    stored = np.r_[as_stored(matrix[live]), new[20:]] if kind == "ivf" else every  # delta: exact
+    _, truth = brute_force(queries, stored[::97], every_ids[::97], 10)
     np.testing.assert_array_equal(labels, truth)
     base = load(path, mmap=False)[0] if kind == "ivf" else build_vector_index(ids, matrix)[0]
     folded = Vectors(merged(current, base))

@@ -3,10 +3,14 @@ a saved index plus the delta of changes since, searched as one.
 
 Vectors are L2-normalised, so inner product is cosine similarity. The index type is chosen by
 size: exact :class:`faiss.IndexFlatIP` (in an :class:`faiss.IndexIDMap2`) up to
-:data:`FLAT_MAX` vectors; above, :class:`faiss.IndexIVFFlat` with ``nlist = 4 sqrt(n)`` lists
-and the smallest ``nprobe`` whose recall@10 against exact search reaches :data:`TARGET_RECALL`,
-*measured* on queries that are not points of the index (:func:`held_out_queries`). Both take
-``add_with_ids`` and ``remove_ids``, so a merge costs what changed. Labels are chunk ids.
+:data:`FLAT_MAX` vectors; above, IVF with ``nlist = 4 sqrt(n)`` lists of float16 codes
+(:class:`faiss.IndexIVFScalarQuantizer`, ``QT_fp16``, not by residual: a stored vector is the
+float16 rounding of the embedding, half the bytes of float32, so half the pages a reader keeps;
+scores move by ~1e-4) and the smallest ``nprobe`` whose recall@10 against exact float32 search
+reaches :data:`TARGET_RECALL`, *measured* on queries that are not points of the index
+(:func:`held_out_queries`). Both take ``add_with_ids`` and ``remove_ids``, so a merge costs
+what changed. Labels are chunk ids. (Files written before float16 hold float32 lists
+(:class:`faiss.IndexIVFFlat`); they are read, searched and merged as they are.)
 
 File format (``vectors.faiss``): a plain FAISS index file (``faiss.write_index``, so it can be
 memory-mapped by ``faiss.read_index``), then a trailer, little-endian::
@@ -96,12 +100,15 @@ def ivf_lists(n: int) -> int:
     return max(1, round(IVF_LISTS_PER_SQRT * math.sqrt(n)))
 
 
-def trained_ivf(vectors: np.ndarray) -> faiss.IndexIVFFlat:
-    """An empty :class:`faiss.IndexIVFFlat` for ``vectors``, its ``4 sqrt(n)`` lists trained
+def trained_ivf(vectors: np.ndarray) -> faiss.IndexIVFScalarQuantizer:
+    """An empty IVF index of float16 codes for ``vectors``, its ``4 sqrt(n)`` lists trained
     on a sample of them (the same sample, so the same lists, every time)."""
     n, d = vectors.shape
     nlist = ivf_lists(n)
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFScalarQuantizer(
+        faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_fp16,
+        faiss.METRIC_INNER_PRODUCT, False,  # not by residual: codes are the vectors' float16
+    )  # fmt: skip
     index.cp.niter = IVF_TRAIN_ITERATIONS
     index.cp.seed = 0
     sample = min(n, IVF_TRAIN_PER_LIST * nlist)
@@ -246,8 +253,11 @@ def _inner(index: faiss.Index) -> faiss.Index:
 
 
 def describe(index: faiss.Index) -> str:
-    """A short name of the index type: ``"flat"`` or ``"ivf400,nprobe=16"``."""
+    """A short name of the index type: ``"flat"``, ``"ivf400,fp16,nprobe=16"`` (float16
+    codes) or ``"ivf400,nprobe=16"`` (float32 lists, written before float16)."""
     inner = faiss.downcast_index(_inner(index))
+    if isinstance(inner, faiss.IndexIVFScalarQuantizer):
+        return f"ivf{inner.nlist},fp16,nprobe={inner.nprobe}"
     if isinstance(inner, faiss.IndexIVF):
         return f"ivf{inner.nlist},nprobe={inner.nprobe}"
     if isinstance(inner, faiss.IndexFlat):

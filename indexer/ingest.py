@@ -16,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -37,6 +39,11 @@ logger = logging.getLogger(__name__)
 #: A batch (one transaction) closes after this many documents or chunks.
 BATCH_DOCUMENTS = 256
 BATCH_CHUNKS = 16_384
+#: Documents read from the shards ahead of the writes, on another thread (a few batches: the
+#: next file is read and converted while the writes of the current one end).
+READ_AHEAD = 2048
+
+T = TypeVar("T")
 
 #: The token counts of one document's chunks, given its id and chunks: what its chunker counted
 #: (each chunk text's own tokens, without special tokens), as a build stores them.
@@ -120,25 +127,29 @@ def ingest_into(
         batch.clear()
         batched_chunks = 0
 
+    read = (
+        (file, item)
+        for manifest, names in files
+        for file in names
+        for item in read_shard(file, manifest)
+    )
     try:
-        for manifest, names in files:
-            for file in names:
-                for item in read_shard(file, manifest):
-                    if isinstance(item, ShardFailure):
-                        _failed(report, item.path, item.line, item.reason)
-                        continue
-                    doc, chunks, vectors = item
-                    if doc.id in seen:
-                        _failed(report, str(file), None, f"duplicate id {doc.id!r} (another file)")
-                        continue
-                    seen.add(doc.id)
-                    for pending, is_update in changed_documents([doc], stored, report):
-                        if token_counts:
-                            chunks = _counted(token_counts, doc.id, chunks)
-                        batch.append((pending, chunks, vectors, is_update))
-                        batched_chunks += len(chunks)
-                    if len(batch) >= BATCH_DOCUMENTS or batched_chunks >= BATCH_CHUNKS:
-                        flush()
+        for file, item in _ahead(read, READ_AHEAD):
+            if isinstance(item, ShardFailure):
+                _failed(report, item.path, item.line, item.reason)
+                continue
+            doc, chunks, vectors = item
+            if doc.id in seen:
+                _failed(report, str(file), None, f"duplicate id {doc.id!r} (another file)")
+                continue
+            seen.add(doc.id)
+            for pending, is_update in changed_documents([doc], stored, report):
+                if token_counts:
+                    chunks = _counted(token_counts, doc.id, chunks)
+                batch.append((pending, chunks, vectors, is_update))
+                batched_chunks += len(chunks)
+            if len(batch) >= BATCH_DOCUMENTS or batched_chunks >= BATCH_CHUNKS:
+                flush()
         flush()
     except BaseException:
         if beside is not None:
@@ -173,6 +184,47 @@ class _Beside:
         built = self._vectors.finish()
         if built is not None and not self._index.adopt_vector_index(self._generation, built):
             logger.info("the index changed beside the ingest; its vectors are built from SQLite")
+
+
+def _ahead(items: Iterable[T], depth: int) -> Iterator[T]:
+    """``items`` in order, taken from an iterator run on another thread up to ``depth`` items
+    ahead (Parquet reads release the GIL; SQLite's writes too); its error is raised here. The
+    thread stops when the caller stops iterating."""
+    held: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                held.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+        except BaseException as exc:  # raised in the caller's thread
+            put("error", exc)
+        else:
+            put("done", None)
+
+    thread = threading.Thread(target=produce, name="shard-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = held.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _counted(token_counts: TokenCounts, doc_id: str, chunks: list[Chunk]) -> list[Chunk]:

@@ -4,6 +4,7 @@ every kind of bad shard named by file, row or document and field."""
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -270,3 +271,31 @@ def test_document_text_rebuilt_from_chunks_is_the_spans_written_in_order():
             chunks.append(Chunk(ordinal, text, start, start + size, 0))
             start = max(0, start + rng.randrange(-3, 10))  # overlaps, gaps, shorter spans
         assert _text(chunks) == painted(chunks)
+
+
+def test_shards_read_ahead_keep_order_raise_errors_and_stop_with_the_caller():
+    from instructor_search.indexer.ingest import _ahead
+
+    assert list(_ahead(iter(range(1000)), 7)) == list(range(1000))
+
+    def failing():
+        yield from range(5)
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for value in _ahead(failing(), 2):
+            got.append(value)
+    assert got == list(range(5))  # everything before the error, in order
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    reader = _ahead(endless(), 3)
+    assert [next(reader) for _ in range(4)] == [0, 1, 2, 3]
+    reader.close()  # the caller stops: so does the thread, a few items ahead at most
+    assert len(produced) <= 4 + 3 + 2
+    assert "shard-reader" not in [t.name for t in threading.enumerate()]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,11 +168,6 @@ _Collected = tuple[list[tuple[Document, bool]], list[str]]
 Collector = Callable[[Index, "BuildReport", ProgressCallback], _Collected]
 
 
-#: Models whose query encoder this process saved: ``QueryEncoder.save`` opens an existing one
-#: to return it (0.25 s at load 4), which a watcher's batch need not pay again.
-_QUERY_ENCODER_SAVED: weakref.WeakSet[Instructor] = weakref.WeakSet()
-
-
 def _progress(show: bool, callback: ProgressCallback | None) -> ProgressCallback:
     """The callback a build reports to: the caller's, tqdm bars, or nothing."""
     if callback is not None:
@@ -241,9 +235,8 @@ def _build(
         elif pending:
             embed_and_store(index, the_model(), collection, settings, pending, report, progress)
         index.sync_derived()
-        if loaded and loaded[0] not in _QUERY_ENCODER_SAVED:  # the first search after this
-            QueryEncoder.save(loaded[0])  # build starts without torch (once per model)
-            _QUERY_ENCODER_SAVED.add(loaded[0])
+        if loaded:  # the first search after this build starts without torch
+            QueryEncoder.saved(loaded[0])
         stats = index.stats()
         report.documents_total, report.chunks_total = stats.documents, stats.chunks
     finally:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from instructor_search.documents import Document
+from instructor_search.gc_pause import gc_paused
 from instructor_search.store.index import Index
 
 from .doc_ids import DocumentIds, under_any
@@ -54,9 +55,12 @@ class _Stored:
         self.documents = index.document_catalog()
         self.sources = {doc_id: held.source for doc_id, held in self.documents.items()}
         self.by_file: dict[str, list[str]] = {}
-        for doc_id, source in self.sources.items():
-            record = _RECORD_SOURCE.fullmatch(source) if ":" in source or "#" in source else None
-            self.by_file.setdefault(record.group(1) if record else source, []).append(doc_id)
+        with gc_paused():
+            for doc_id, source in self.sources.items():
+                record = (
+                    _RECORD_SOURCE.fullmatch(source) if ":" in source or "#" in source else None
+                )
+                self.by_file.setdefault(record.group(1) if record else source, []).append(doc_id)
 
     def is_file_document(self, name: str) -> bool:
         """Whether the file ``name`` gave the index one whole-file document (not records)."""

@@ -97,6 +97,15 @@ def test_changed_files_or_a_chosen_profile_give_no_query_encoder(tiny_path, fast
     assert QueryEncoder.open(fast_tiny.fingerprint) is not None
     chosen = Instructor(str(tiny_path), device="cpu", precision="auto", profile="instructor")
     assert not chosen.own_profile and QueryEncoder.save(chosen) is None
+    assert not QueryEncoder.saved(chosen)
+
+
+def test_saved_opens_no_session_for_a_query_encoder_saved_before(fast_tiny, monkeypatch):
+    os.utime(ob.export_folder(fast_tiny.fingerprint) / BUNDLE / "head.onnx")  # judged again
+    assert QueryEncoder.saved(fast_tiny)  # saved and checked: sessions opened to check it
+    opened = []
+    monkeypatch.setattr(ob, "session", lambda *args: opened.append(args))
+    assert QueryEncoder.saved(fast_tiny) and opened == []
 
 
 def test_bad_requests_fail_before_any_model_loads(index):

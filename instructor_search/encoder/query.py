@@ -98,14 +98,25 @@ class QueryEncoder:
         return None
 
     @classmethod
+    def saved(cls, model: Instructor) -> bool:
+        """Whether a verified query encoder is saved for ``model``: one saved before is not
+        opened (its ONNX Runtime sessions take ~0.25 s), else it is saved and checked now, as
+        :meth:`save` does. What a build calls, so that the first search after it runs
+        without torch."""
+        folder = _export_of(model)
+        if folder is not None and _unusable(folder, model.fingerprint) is None:
+            return True
+        return cls.save(model) is not None
+
+    @classmethod
     def save(cls, model: Instructor) -> QueryEncoder | None:
         """Save what :meth:`open` needs for ``model`` (once: an existing verified one is
         returned) and check it; None when ``model`` runs no ONNX export, has a profile chosen
         by the caller (not the one its checkpoint gives), or the check fails (logged)."""
-        runner = model._onnx
-        if runner is None or model.backend != "onnx" or not model.own_profile:
+        folder = _export_of(model)
+        if folder is None:
             return None
-        folder, bundle = runner.folder, runner.folder / BUNDLE
+        runner, bundle = model._onnx, folder / BUNDLE
         if _unusable(folder, model.fingerprint) is None:
             return cls(folder, fidelity.read_json(bundle / "query.json"))
         judged = fidelity.read_json(bundle / "gate.json")
@@ -243,6 +254,15 @@ class _Tokenizer:
             }
         found = self._tokenizer.encode_batch(list(text), add_special_tokens=add_special_tokens)
         return {"input_ids": [each.ids for each in found]}
+
+
+def _export_of(model: Instructor) -> Path | None:
+    """The export folder of ``model``'s ONNX path when a query encoder can be saved for it:
+    the model runs ONNX, with the profile its checkpoint gives."""
+    runner = model._onnx
+    if runner is None or model.backend != "onnx" or not model.own_profile:
+        return None
+    return runner.folder
 
 
 def _unusable(folder: Path, fingerprint: str) -> str | None:

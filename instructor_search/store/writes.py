@@ -13,6 +13,7 @@ import numpy as np
 
 from ..documents import Chunk, Document
 from ..errors import IndexMismatchError, InputError
+from ..gc_pause import gc_paused
 from .connection import IndexBase, locked, utc_now
 from .vectors import VectorIndexInfo
 
@@ -113,7 +114,8 @@ class IndexWrites(IndexBase):
         incremental build diffs its sources against."""
         rows = self._db.execute("SELECT id, source, content_hash, mtime, size FROM documents")
         make = StoredDocument._make  # tuple.__new__: no Python-level __new__ per document
-        return {row[0]: make(row[1:]) for row in rows}
+        with gc_paused():
+            return {row[0]: make(row[1:]) for row in rows}
 
     @locked
     def document_sources(self) -> dict[str, str]:

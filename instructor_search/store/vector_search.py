@@ -84,7 +84,9 @@ class Vectors:
     # -- search ------------------------------------------------------------------------------
 
     def _base_rows(self, ids: np.ndarray) -> np.ndarray:
-        """The base's vectors of ``ids`` (all held by the base)."""
+        """The base's vectors of ``ids`` (all held by the base), as stored: an IVF index of
+        float16 codes gives their float16 rounding, so a filter answered exactly scores as
+        its ANN search does."""
         if len(ids) == 0:
             return np.empty((0, self.dim), np.float32)
         if self._ivf:

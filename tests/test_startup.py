@@ -132,12 +132,12 @@ hits = {
     mode: [[h.chunk_id, h.score] for h in retriever.search(sys.argv[2], k=3, mode=mode)]
     for mode in ("dense", "hybrid")
 }
-heavy = [name for name in ("torch", "transformers") if name in sys.modules]
+heavy = [name for name in ("torch", "transformers", "pandas") if name in sys.modules]
 print(json.dumps({"hits": hits, "heavy": heavy, "encoder": type(retriever.model).__name__}))
 """
 
 
-def test_one_off_search_needs_neither_torch_nor_transformers(index, fast_tiny):
+def test_one_off_search_needs_neither_torch_nor_transformers_nor_pandas(index, fast_tiny):
     with Retriever(index) as first:  # loads the Instructor and saves its query encoder
         want = {m: first.search(QUERY, k=3, mode=m) for m in ("dense", "hybrid")}
     done = subprocess.run(

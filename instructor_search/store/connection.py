@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import sqlite_utils
 
 from ..errors import IndexCorruptError, IndexStoreError
 from .collection import CollectionSettings
 from .derived import INDEX_FILE, DerivedFiles
+from .sqlite_lib import sqlite_utils
 
 BUSY_TIMEOUT_MS = 30_000
 #: FTS5 column weights for bm25(): chunk text, document title.

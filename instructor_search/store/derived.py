@@ -34,10 +34,10 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import sqlite_utils
 
 from . import keyword_file, keywords
 from . import vectors as vector_files
+from .sqlite_lib import sqlite_utils
 from .vector_search import Vectors, merged
 from .vectors import VectorFileError, VectorIndexInfo, build_vector_index
 

@@ -12,9 +12,8 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-import sqlite_utils
-
 from ..errors import IndexCorruptError
+from .sqlite_lib import sqlite_utils
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,9 @@ from .reader_base import ReadFailure
 
 logger = logging.getLogger(__name__)
 
-#: A batch (one transaction) closes after this many documents or chunks.
-BATCH_DOCUMENTS = 256
+#: A batch (one transaction) closes after this many documents or chunks. Large: FTS5 writes
+#: a transaction's terms as one segment, and fewer, larger segments cost less to merge.
+BATCH_DOCUMENTS = 2048
 BATCH_CHUNKS = 16_384
 #: Documents read from the shards ahead of the writes, on another thread (a few batches: the
 #: next file is read and converted while the writes of the current one end).

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 
@@ -45,3 +47,29 @@ class Chunk:
     start: int
     end: int
     token_count: int
+
+
+def spelled_text(chunks: Sequence[Chunk]) -> str:
+    """The text that ``chunks`` spell at their offsets: spaces where no chunk covers it, and
+    where chunks overlap, the later one's text. A shard's document text is rebuilt so, and a
+    stored document whose chunks spell its text does not store it again."""
+    if chunks and _in_order(chunks):  # each chunk's text up to where the next one starts
+        pieces, covered = [], 0
+        starts = [c.start for c in chunks[1:]] + [chunks[-1].end]
+        for chunk, upto in zip(chunks, starts, strict=True):
+            pieces.append(" " * (chunk.start - covered))
+            pieces.append(chunk.text[: max(0, min(chunk.end, upto) - chunk.start)])
+            covered = max(chunk.start, min(chunk.end, upto))
+        return "".join(pieces)
+    size = max((c.end for c in chunks), default=0)
+    text = [" "] * size
+    for chunk in chunks:
+        text[chunk.start : chunk.end] = chunk.text
+    return "".join(text)
+
+
+def _in_order(chunks: Sequence[Chunk]) -> bool:
+    """Whether each chunk's text fills its span and starts and ends never go back."""
+    return all(len(c.text) == c.end - c.start for c in chunks) and all(
+        a.start <= b.start and a.end <= b.end for a, b in pairwise(chunks)
+    )

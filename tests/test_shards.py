@@ -253,8 +253,7 @@ def test_bad_document_is_counted_and_not_half_stored(shards, tmp_path, damage):
 def test_document_text_rebuilt_from_chunks_is_the_spans_written_in_order():
     import random
 
-    from instructor_search.documents import Chunk
-    from instructor_search.store.shards import _text
+    from instructor_search.documents import Chunk, spelled_text
 
     def painted(chunks):  # every chunk's text written over its span, in order
         text = [" "] * max((c.end for c in chunks), default=0)
@@ -270,7 +269,7 @@ def test_document_text_rebuilt_from_chunks_is_the_spans_written_in_order():
             text = "".join(rng.choice("abc") for _ in range(size))
             chunks.append(Chunk(ordinal, text, start, start + size, 0))
             start = max(0, start + rng.randrange(-3, 10))  # overlaps, gaps, shorter spans
-        assert _text(chunks) == painted(chunks)
+        assert spelled_text(chunks) == painted(chunks)
 
 
 def test_shards_read_ahead_keep_order_raise_errors_and_stop_with_the_caller():

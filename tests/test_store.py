@@ -176,6 +176,27 @@ def test_upsert_replace_delete_keep_fts_in_sync(index, rng):
     assert index.generation == 3
 
 
+def test_a_text_its_chunks_spell_is_stored_once(index, rng):
+    def stored(doc_id):
+        return index._db.execute(
+            "SELECT text, text_in_chunks FROM documents WHERE id = ?", [doc_id]
+        ).fetchone()
+
+    assert stored("a/one.md") == ("", 1)  # "the quick brown fox jumps over": its two chunks
+    assert index.document("a/one.md").text == "the quick brown fox jumps over"
+    doc, chunks, vectors = item("c/more.md", ["first part", "second"], rng)
+    doc.text += " and a tail no chunk holds"  # the chunks do not spell it: stored whole
+    unspelled = (
+        Document("c/gap.md", "ab  cd", source="x"),
+        [Chunk(0, "ab", 0, 2, 1), Chunk(1, "cd", 4, 6, 1)],
+    )
+    index.upsert([(doc, chunks, vectors), (*unspelled, unit(rng, 2))])
+    assert stored("c/more.md") == (doc.text, 0) and index.document("c/more.md").text == doc.text
+    assert stored("c/gap.md") == ("", 1) and index.document("c/gap.md").text == "ab  cd"
+    index.upsert([item("a/one.md", ["only this"], rng)])  # replaced: spelled by its new chunks
+    assert stored("a/one.md") == ("", 1) and index.document("a/one.md").text == "only this"
+
+
 def test_wrong_dimension_writes_nothing(index, rng):
     doc, chunks, _ = item("c/new.md", ["text"], rng)
     with pytest.raises(IndexMismatchError, match="16-dimensional"):

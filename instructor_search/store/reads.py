@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..documents import Document
+from ..documents import Chunk, Document, spelled_text
 from ..errors import IndexMismatchError, IndexStoreError, InputError
 from . import keywords
 from .collection import IndexStats
@@ -56,13 +56,24 @@ class IndexReads(IndexFields):
     @locked
     def document(self, doc_id: str) -> Document | None:
         """The stored document with its full text, or ``None``."""
-        row = self._db.execute(
-            "SELECT id, text, title, source, metadata FROM documents WHERE id = ?", [doc_id]
-        ).fetchone()
-        if row is None:
-            return None
+        with self._snapshot():
+            row = self._db.execute(
+                "SELECT id, text, title, source, metadata, text_in_chunks FROM documents "
+                "WHERE id = ?",
+                [doc_id],
+            ).fetchone()
+            if row is None:
+                return None
+            text = row[1]
+            if row[5]:  # stored once, in its chunks
+                chunks = self._db.execute(
+                    'SELECT ordinal, text, start, "end", token_count FROM chunks '
+                    "WHERE doc_id = ? ORDER BY ordinal",
+                    [doc_id],
+                )
+                text = spelled_text([Chunk(*chunk) for chunk in chunks])
         return Document(
-            id=row[0], text=row[1], title=row[2], source=row[3], metadata=json.loads(row[4])
+            id=row[0], text=text, title=row[2], source=row[3], metadata=json.loads(row[4])
         )
 
     @locked

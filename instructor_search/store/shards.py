@@ -29,13 +29,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..documents import Chunk, Document
+from ..documents import Chunk, Document, spelled_text
 from ..errors import InputError, ReaderError
 from .collection import CollectionSettings
 
@@ -217,7 +216,7 @@ def read_shard(
         ]  # fmt: skip
         doc = ShardDocument(
             id=doc_id,
-            text=_text(chunks),
+            text=spelled_text(chunks),
             title=columns["title"][first],
             source=columns["source"][first],
             metadata=json.loads(columns["metadata"][first]),
@@ -262,31 +261,6 @@ def _document_problem(
         if start < 0 or end - start != len(text):
             return f"fields 'start'/'end' ({start}, {end}) do not span the text at row {r + 1}"
     return None
-
-
-def _text(chunks: list[Chunk]) -> str:
-    """The document's text rebuilt from its chunks (spaces where no chunk covers it; where
-    chunks overlap, the later one's text)."""
-    if chunks and _in_order(chunks):  # each chunk's text up to where the next one starts
-        pieces, covered = [], 0
-        starts = [c.start for c in chunks[1:]] + [chunks[-1].end]
-        for chunk, upto in zip(chunks, starts, strict=True):
-            pieces.append(" " * (chunk.start - covered))
-            pieces.append(chunk.text[: max(0, min(chunk.end, upto) - chunk.start)])
-            covered = max(chunk.start, min(chunk.end, upto))
-        return "".join(pieces)
-    size = max((c.end for c in chunks), default=0)
-    text = [" "] * size
-    for chunk in chunks:
-        text[chunk.start : chunk.end] = chunk.text
-    return "".join(text)
-
-
-def _in_order(chunks: list[Chunk]) -> bool:
-    """Whether each chunk's text fills its span and starts and ends never go back."""
-    return all(len(c.text) == c.end - c.start for c in chunks) and all(
-        a.start <= b.start and a.end <= b.end for a, b in pairwise(chunks)
-    )
 
 
 @dataclass(frozen=True)

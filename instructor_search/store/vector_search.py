@@ -55,6 +55,11 @@ class Vectors:
         self._split: Recent[tuple[np.ndarray, np.ndarray]] = Recent(FILTER_CACHE)
         self._filtered: Recent[np.ndarray] = Recent(FILTER_CACHE)
         self._selectors: Recent[faiss.IDSelector] = Recent(FILTER_CACHE)
+        # the base's live ids for a search without allow-list, made once: the hash set of a
+        # merge's worth of deleted ids (20,000 at 1M chunks) takes ~5 ms to build, 2,048
+        # ~0.2 ms (IDSelectorNot holds a raw pointer to it)
+        self._deleted = faiss.IDSelectorBatch(self.deleted) if len(self.deleted) else None
+        self._live = faiss.IDSelectorNot(self._deleted) if self._deleted is not None else None
 
     @property
     def ntotal(self) -> int:
@@ -164,9 +169,7 @@ class Vectors:
         queries = _as_matrix(queries, self.dim)
         delta = self._exact(queries, k, self.added, self.added_ids)
         if allowed is None:
-            keep = faiss.IDSelectorBatch(self.deleted) if len(self.deleted) else None
-            selector = faiss.IDSelectorNot(keep) if keep is not None else None
-            base = self._faiss(queries, k, selector)
+            base = self._faiss(queries, k, self._live)
             return _best(k, base, delta)
         base_ids, delta_rows = self._held(allowed)
         delta = self._exact(queries, k, self.added[delta_rows], self.added_ids[delta_rows])

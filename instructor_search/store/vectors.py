@@ -111,6 +111,9 @@ def trained_ivf(vectors: np.ndarray) -> faiss.IndexIVFScalarQuantizer:
     )  # fmt: skip
     index.cp.niter = IVF_TRAIN_ITERATIONS
     index.cp.seed = 0
+    # The sample is IVF_TRAIN_PER_LIST points per list on purpose: FAISS would warn on stderr
+    # below its default of 39 (the bound only decides that warning).
+    index.cp.min_points_per_centroid = IVF_TRAIN_PER_LIST
     sample = min(n, IVF_TRAIN_PER_LIST * nlist)
     rows = np.sort(np.random.default_rng(0).choice(n, size=sample, replace=False))
     index.train(vectors[rows])

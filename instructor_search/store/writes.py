@@ -1,5 +1,6 @@
 """The write path of an index: documents with their chunks, embeddings and FTS5 rows upserted
-or deleted, each call one transaction that bumps the generation."""
+or deleted, each call one transaction that bumps the generation. A document whose chunks spell
+its text (:func:`~instructor_search.documents.spelled_text`) is stored without it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
-from ..documents import Chunk, Document
+from ..documents import Chunk, Document, spelled_text
 from ..errors import IndexMismatchError, InputError
 from ..gc_pause import gc_paused
 from .connection import IndexBase, locked, utc_now
@@ -73,22 +74,27 @@ class IndexWrites(IndexBase):
         self._db.execute("DELETE FROM field_kinds WHERE documents <= 0")
         self._db.execute("DELETE FROM document_fields WHERE doc_id = ?", [doc_id])
 
-    def _add_fields(self, doc_id: str, metadata: str) -> None:
-        """Index the top-level metadata values (and list members) of a stored document."""
+    def _add_fields(self, metadata: Sequence[tuple[str, str]]) -> None:
+        """Index the top-level metadata values (and list members) of stored documents, given
+        as ``(doc_id, metadata JSON)``: three statements for all of them."""
+        pairs = "[" + ",".join(f"[{json.dumps(doc_id)},{meta}]" for doc_id, meta in metadata) + "]"
+        each = "json_each(?) d, json_each(d.value -> 1) j"
         self._db.execute(
             "INSERT INTO document_fields (doc_id, key, member, value) "
-            "SELECT ?, key, 0, value FROM json_each(?)",
-            [doc_id, metadata],
+            f"SELECT d.value ->> 0, j.key, 0, j.value FROM {each}",
+            [pairs],
         )
         self._db.execute(
-            "INSERT INTO document_fields (doc_id, key, member, value) SELECT ?, j.key, 1, "
-            "m.value FROM json_each(?) j, json_each(j.value) m WHERE j.type IN ('array', 'object')",
-            [doc_id, metadata],
+            "INSERT INTO document_fields (doc_id, key, member, value) SELECT d.value ->> 0, "
+            f"j.key, 1, m.value FROM {each}, json_each(j.value) m "
+            "WHERE j.type IN ('array', 'object')",
+            [pairs],
         )
         self._db.execute(
-            "INSERT INTO field_kinds (key, type, documents) SELECT key, type, 1 FROM json_each(?) "
-            "WHERE true ON CONFLICT (key, type) DO UPDATE SET documents = documents + 1",
-            [metadata],
+            "INSERT INTO field_kinds (key, type, documents) SELECT j.key, j.type, count(*) "
+            f"FROM {each} GROUP BY j.key, j.type "
+            "ON CONFLICT (key, type) DO UPDATE SET documents = documents + excluded.documents",
+            [pairs],
         )
 
     def _log_wanted(self) -> bool:
@@ -157,20 +163,17 @@ class IndexWrites(IndexBase):
             chunk_id = self._last_chunk_id()
             logged = self._log_wanted()
             stored = self._stored_ids([doc.id for doc, _, _ in items])
-            chunk_rows, fts_rows, runs = [], [], []
+            doc_rows, metadata, chunk_rows, fts_rows, runs = [], [], [], [], []
             for doc, chunks, matrix in items:
                 if doc.id in stored:  # a new document has nothing to remove
                     self._remove_chunks(doc.id, generation, logged)
                 mtime, size, kind, folder = document_fields(doc)
                 meta = json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True, default=str)
-                self._db.execute(
-                    "INSERT OR REPLACE INTO documents (id, source, title, text, metadata, "
-                    "content_hash, mtime, size, type, folder, indexed_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [doc.id, doc.source, doc.title, doc.text, meta, doc.content_hash, mtime,
-                     size, kind, folder, now],
-                )  # fmt: skip
-                self._add_fields(doc.id, meta)
+                in_chunks = bool(chunks) and spelled_text(chunks) == doc.text
+                doc_rows.append((doc.id, doc.source, doc.title, "" if in_chunks else doc.text,
+                                 meta, doc.content_hash, mtime, size, kind, folder, now,
+                                 int(in_chunks)))  # fmt: skip
+                metadata.append((doc.id, meta))
                 if chunks:
                     runs.append((doc.id, chunk_id + 1, chunk_id + len(chunks), len(chunks)))
                 for chunk, vector in zip(chunks, matrix, strict=True):
@@ -179,6 +182,13 @@ class IndexWrites(IndexBase):
                                        chunk.end, chunk.token_count, vector.tobytes()))  # fmt: skip
                     fts_rows.append((chunk_id, chunk.text, doc.title))
             conn = self._db.conn
+            conn.executemany(
+                "INSERT OR REPLACE INTO documents (id, source, title, text, metadata, "
+                "content_hash, mtime, size, type, folder, indexed_at, text_in_chunks) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                doc_rows,
+            )
+            self._add_fields(metadata)
             conn.executemany(
                 'INSERT INTO chunks (id, doc_id, ordinal, text, start, "end", token_count, '
                 "embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -100,12 +100,14 @@ class IndexFields(IndexBase):
                     "FROM documents d CROSS JOIN document_runs r ON r.doc_id = d.id "
                     f"WHERE {condition}"
                 )
-            runs = np.array(
-                self._db.execute(
-                    f"SELECT r.first_chunk, r.last_chunk, r.chunks {runs_sql}", params
-                ).fetchall(),
-                dtype=np.int64,
-            ).reshape(-1, 3)
+            # as one string, not a row tuple per document: 10,000 matching documents made
+            # 10,000 tuples, and the garbage collector passes that their making set off
+            runs_text = self._db.execute(
+                f"SELECT group_concat(r.first_chunk || ',' || r.last_chunk || ',' || r.chunks) "
+                f"{runs_sql}",
+                params,
+            ).fetchone()[0]
+            runs = np.fromstring(runs_text or "", dtype=np.int64, sep=",").reshape(-1, 3)
             if np.all(runs[:, 1] - runs[:, 0] + 1 == runs[:, 2]):
                 ids = _expand(runs[np.argsort(runs[:, 0])])
             else:  # ids of a document that are not one run: read them one by one

@@ -156,6 +156,8 @@ def ingest_into(
         if beside is not None:
             beside.abandon()
         raise
+    if report.chunks_embedded >= BATCH_CHUNKS:  # large segments written: merge them now
+        index.merge_keyword_segments(report.chunks_embedded)
     if beside is not None:
         beside.finish()
     if sync:

@@ -36,9 +36,10 @@ from .reader_base import ReadFailure
 
 logger = logging.getLogger(__name__)
 
-#: A batch (one transaction) closes after this many documents or chunks. Large: FTS5 writes
-#: a transaction's terms as one segment, and fewer, larger segments cost less to merge.
-BATCH_DOCUMENTS = 2048
+#: A batch (one transaction) closes after this many documents or chunks. (Larger batches with
+#: FTS5 merging more segments at a time wrote faster, but left FTS5 a merge of seconds due in a
+#: later one-document update: ``bench/RESULTS.md``, sixth run.)
+BATCH_DOCUMENTS = 256
 BATCH_CHUNKS = 16_384
 #: Documents read from the shards ahead of the writes, on another thread (a few batches: the
 #: next file is read and converted while the writes of the current one end).
@@ -156,8 +157,6 @@ def ingest_into(
         if beside is not None:
             beside.abandon()
         raise
-    if report.chunks_embedded >= BATCH_CHUNKS:  # large segments written: merge them now
-        index.merge_keyword_segments(report.chunks_embedded)
     if beside is not None:
         beside.finish()
     if sync:

@@ -88,8 +88,6 @@ def test_old_index_is_upgraded_and_answers_as_before(old_index, tmp_path):
         assert all(text and not in_chunks for text, in_chunks in texts)  # m007 keeps them
         parts = ix._db.execute("SELECT text FROM chunks WHERE doc_id = 'd001' ORDER BY ordinal")
         assert ix.document("d001").text == " ".join(p for (p,) in parts)
-        config = "SELECT k, v FROM chunks_fts_config WHERE k IN ('automerge', 'hashsize')"
-        assert dict(ix._db.execute(config).fetchall()) == {"automerge": 16, "hashsize": 16 << 20}
         for where, sql in (
             ({"lang": "en"}, "json_extract(d.metadata, '$.lang') = 'en'"),
             ({"year": {">=": 2021}}, "json_extract(d.metadata, '$.year') >= 2021"),

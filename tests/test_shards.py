@@ -106,24 +106,6 @@ def test_export_then_ingest_gives_the_same_index(source, shards, tmp_path):
         assert ix.settings == src.settings
 
 
-def test_a_large_ingest_merges_its_keyword_segments(source, shards, tmp_path, monkeypatch):
-    from instructor_search.indexer import ingest as ingest_module
-
-    def segments(path):
-        with Index.open(path, readonly=True) as ix:
-            return ix._db.execute("SELECT count(DISTINCT segid) FROM chunks_fts_idx").fetchone()[0]
-
-    monkeypatch.setattr(ingest_module, "BATCH_DOCUMENTS", 1)  # a transaction, a segment each
-    monkeypatch.setattr(ingest_module, "BATCH_CHUNKS", 10**6)  # never large: no merge
-    ingest([shards], tmp_path / "unmerged")
-    monkeypatch.setattr(ingest_module, "BATCH_CHUNKS", 4)  # large: merged at the end
-    ingest([shards], tmp_path / "merged")
-    assert segments(tmp_path / "merged") < segments(tmp_path / "unmerged")
-    assert hits(tmp_path / "merged", np.random.default_rng(5)) == hits(
-        source, np.random.default_rng(5)
-    )
-
-
 def test_ingest_again_skips_unchanged_and_replaces_changed(source, shards, tmp_path):
     ingest([shards], tmp_path / "copy")
     again = ingest([shards], tmp_path / "copy")

@@ -213,18 +213,6 @@ def m007_text_in_chunks(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE documents ADD COLUMN text_in_chunks INTEGER NOT NULL DEFAULT 0")
 
 
-@migration
-def m008_fts_merging(db: sqlite_utils.Database) -> None:
-    """FTS5 writes fewer, larger segments: it merges 16 segments of a level at a time instead
-    of 4, and holds up to 16 MB of pending terms instead of 1 MB before writing a segment.
-    Each posting is rewritten less often while an index grows: FTS5 took 7.4 s to index 100k
-    chunks in transactions of 16,384, against 13.2 s in transactions of 2,560 before.
-    Large segments are then merged at the end of a large ingest
-    (:meth:`~instructor_search.store.writes.IndexWrites.merge_keyword_segments`)."""
-    db.execute("INSERT INTO chunks_fts (chunks_fts, rank) VALUES ('automerge', 16)")
-    db.execute(f"INSERT INTO chunks_fts (chunks_fts, rank) VALUES ('hashsize', {16 << 20})")
-
-
 #: The schema version this software writes: the number of migrations it knows.
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -213,17 +213,6 @@ class IndexWrites(IndexBase):
         return np.array([row[0] for row in chunk_rows], dtype=np.int64)
 
     @locked
-    def merge_keyword_segments(self, pages: int) -> None:
-        """Up to ``pages`` pages of FTS5 segment merging now, in one transaction (contents and
-        generation unchanged). After a large ingest, FTS5 would otherwise do the merge its big
-        segments are due inside a later one-document update: 1.7–2.2 s at 100k chunks, 5 s at
-        1M, against 1.7 s here at 100k and ≤ 63 ms for each of 200 updates after it."""
-        with self._write():
-            self._db.execute(
-                "INSERT INTO chunks_fts (chunks_fts, rank) VALUES ('merge', ?)", [int(pages)]
-            )
-
-    @locked
     def adopt_vector_index(
         self, generation: int, built: tuple[faiss.Index, VectorIndexInfo]
     ) -> bool:

@@ -58,8 +58,10 @@ class Vectors:
         # the base's live ids for a search without allow-list, made once: the hash set of a
         # merge's worth of deleted ids (20,000 at 1M chunks) takes ~5 ms to build, 2,048
         # ~0.2 ms (IDSelectorNot holds a raw pointer to it)
-        self._deleted = faiss.IDSelectorBatch(self.deleted) if len(self.deleted) else None
-        self._live = faiss.IDSelectorNot(self._deleted) if self._deleted is not None else None
+        self._deleted_set = faiss.IDSelectorBatch(self.deleted) if len(self.deleted) else None
+        self._live = (
+            faiss.IDSelectorNot(self._deleted_set) if self._deleted_set is not None else None
+        )
 
     @property
     def ntotal(self) -> int:

@@ -13,6 +13,7 @@ other writer came between; the writes skip the change log while no derived file 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -36,10 +37,12 @@ from .reader_base import ReadFailure
 
 logger = logging.getLogger(__name__)
 
-#: A batch (one transaction) closes after this many documents or chunks. (Larger batches with
-#: FTS5 merging more segments at a time wrote faster, but left FTS5 a merge of seconds due in a
-#: later one-document update: ``bench/RESULTS.md``, sixth run.)
+#: A batch (one transaction) closes after this many documents or chunks; into an empty index
+#: (a bulk load, :meth:`~instructor_search.store.writes.IndexWrites.bulk_load`) after
+#: :data:`BULK_BATCH_DOCUMENTS`: FTS5 writes a transaction's terms as one segment, and fewer,
+#: larger segments cost less to merge.
 BATCH_DOCUMENTS = 256
+BULK_BATCH_DOCUMENTS = 2048
 BATCH_CHUNKS = 16_384
 #: Documents read from the shards ahead of the writes, on another thread (a few batches: the
 #: next file is read and converted while the writes of the current one end).
@@ -109,6 +112,8 @@ def ingest_into(
     beside = (
         _Beside(index, [f for _, names in files for f in names]) if sync and not stored else None
     )
+    bulk = not stored
+    most_documents = BULK_BATCH_DOCUMENTS if bulk else BATCH_DOCUMENTS
     seen: set[str] = set()
     batch: list[tuple[Document, list[Chunk], np.ndarray, bool]] = []
     batched_chunks = 0
@@ -136,23 +141,24 @@ def ingest_into(
         for item in read_shard(file, manifest)
     )
     try:
-        for file, item in _ahead(read, READ_AHEAD):
-            if isinstance(item, ShardFailure):
-                _failed(report, item.path, item.line, item.reason)
-                continue
-            doc, chunks, vectors = item
-            if doc.id in seen:
-                _failed(report, str(file), None, f"duplicate id {doc.id!r} (another file)")
-                continue
-            seen.add(doc.id)
-            for pending, is_update in changed_documents([doc], stored, report):
-                if token_counts:
-                    chunks = _counted(token_counts, doc.id, chunks)
-                batch.append((pending, chunks, vectors, is_update))
-                batched_chunks += len(chunks)
-            if len(batch) >= BATCH_DOCUMENTS or batched_chunks >= BATCH_CHUNKS:
-                flush()
-        flush()
+        with index.bulk_load() if bulk else contextlib.nullcontext():
+            for file, item in _ahead(read, READ_AHEAD):
+                if isinstance(item, ShardFailure):
+                    _failed(report, item.path, item.line, item.reason)
+                    continue
+                doc, chunks, vectors = item
+                if doc.id in seen:
+                    _failed(report, str(file), None, f"duplicate id {doc.id!r} (another file)")
+                    continue
+                seen.add(doc.id)
+                for pending, is_update in changed_documents([doc], stored, report):
+                    if token_counts:
+                        chunks = _counted(token_counts, doc.id, chunks)
+                    batch.append((pending, chunks, vectors, is_update))
+                    batched_chunks += len(chunks)
+                if len(batch) >= most_documents or batched_chunks >= BATCH_CHUNKS:
+                    flush()
+            flush()
     except BaseException:
         if beside is not None:
             beside.abandon()

@@ -106,6 +106,33 @@ def test_export_then_ingest_gives_the_same_index(source, shards, tmp_path):
         assert ix.settings == src.settings
 
 
+def keyword_segments_and_settings(path: Path) -> tuple[int, dict]:
+    with Index.open(path, readonly=True) as ix:
+        segments = ix._db.execute("SELECT count(DISTINCT segid) FROM chunks_fts_idx").fetchone()
+        settings = ix._db.execute("SELECT k, v FROM chunks_fts_config WHERE k != 'version'")
+        return segments[0], dict(settings.fetchall())
+
+
+def test_a_fresh_ingest_leaves_one_keyword_segment_and_fts5s_own_settings(
+    source, shards, tmp_path, monkeypatch
+):
+    from instructor_search.indexer import ingest as ingest_module
+    from instructor_search.store.writes import BULK_KEYWORD_SETTINGS, KEYWORD_SETTINGS
+
+    monkeypatch.setattr(ingest_module, "BULK_BATCH_DOCUMENTS", 1)  # a transaction, a segment each
+    ingest([shards], tmp_path / "copy")
+    assert keyword_segments_and_settings(tmp_path / "copy") == (1, KEYWORD_SETTINGS)
+    assert hits(tmp_path / "copy", np.random.default_rng(5)) == hits(
+        source, np.random.default_rng(5)
+    )
+    with Index.open(tmp_path / "copy") as ix:  # a bulk load killed before its end ...
+        ix._keyword_settings(BULK_KEYWORD_SETTINGS)
+    with Index.open(tmp_path / "copy", readonly=True):  # ... is left so by a reader,
+        assert keyword_segments_and_settings(tmp_path / "copy")[1] == BULK_KEYWORD_SETTINGS
+    Index.open(tmp_path / "copy").close()  # and settled by the next writer
+    assert keyword_segments_and_settings(tmp_path / "copy")[1] == KEYWORD_SETTINGS
+
+
 def test_ingest_again_skips_unchanged_and_replaces_changed(source, shards, tmp_path):
     ingest([shards], tmp_path / "copy")
     again = ingest([shards], tmp_path / "copy")

@@ -198,7 +198,10 @@ class Index(IndexWrites, IndexReads):
                 writer_pragmas(db)
                 if migrate(db):
                     db.execute("UPDATE collection SET schema_version = ?", [SCHEMA_VERSION])
-            return cls(path, db, readonly)
+            index = cls(path, db, readonly)
+            if not readonly:
+                index.settle_keyword_settings()
+            return index
         except BaseException as exc:
             if db is not None:
                 db.close()

@@ -220,7 +220,9 @@ def run_size(size: int, args, model, texts, base, items) -> None:
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         took = time.perf_counter() - started
-        (path / "done").write_text(json.dumps({"ingest_s": took, "report": json.loads(done.stdout)}))
+        (path / "done").write_text(
+            json.dumps({"ingest_s": took, "report": json.loads(done.stdout)})
+        )
     cached = json.loads((path / "done").read_text())
     print(f"- ingest of {size:,} chunks from shards (`instructor-index ingest`, derived files "
           f"included): {cached['ingest_s']:.0f} s")  # fmt: skip

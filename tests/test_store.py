@@ -548,3 +548,25 @@ def test_an_index_under_a_path_with_uri_characters(tmp_path):
     with Index.open(path, readonly=True) as ix:
         assert ix.stats().chunks == 1 and ix.keyword_search("alpha", 5)
     assert Index.exists(path)
+
+
+def test_folder_and_type_fields_are_those_of_pure_posix_paths():
+    import itertools
+    from pathlib import PurePosixPath
+
+    from instructor_search.store.writes import document_fields
+
+    parts = ["", "a", "b.txt", ".", "..", ".x", "x.", "a.b.C", "//", "é.MD", "x.tar.gz", "a..b"]
+    for combo in itertools.chain.from_iterable(
+        itertools.product(parts, repeat=k) for k in (1, 2, 3)
+    ):
+        for doc_id in ("/".join(combo), "/" + "/".join(combo)):
+            doc = Document(id=doc_id, text="ü" if len(combo) % 2 else "u", source="")
+            path = PurePosixPath(doc_id)
+            folder = str(path.parent)
+            assert document_fields(doc) == (
+                None,
+                len(doc.text.encode()),
+                path.suffix.lstrip(".").lower() or None,
+                "" if folder == "." else folder,
+            ), doc_id

@@ -148,9 +148,23 @@ def _postings(
     starts = np.flatnonzero(np.r_[True, (doc[1:] != doc[:-1]) | (term[1:] != term[:-1])])
     if not np.array_equal(np.bincount(term[starts], minlength=len(vocab)), [v[1] for v in vocab]):
         raise InstancesError("fts5vocab rows and instances disagree")
-    rows = np.searchsorted(chunk_ids, doc[starts])
-    if len(rows) and (rows.max() >= len(chunk_ids) or np.any(chunk_ids[rows] != doc[starts])):
-        raise InstancesError("fts5vocab instances name rows the table does not hold")
+    rows = _positions(chunk_ids, doc[starts])
     length += np.bincount(rows, weights=np.diff(np.r_[starts, len(codes)]), minlength=len(length))
     freq = np.add.reduceat(weight[column], starts) if len(starts) else np.empty(0)
     return rows.astype(np.int32), freq
+
+
+def _positions(chunk_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Where each of ``ids`` is in the sorted ``chunk_ids``: a subtraction when they are one run
+    of ids without gaps (a fresh index: half the cost of reading 1M chunks' postings is
+    otherwise this search), else a binary search."""
+    n = len(chunk_ids)
+    if n and chunk_ids[-1] - chunk_ids[0] == n - 1:
+        rows = ids - chunk_ids[0]
+        if len(rows) and (rows.min() < 0 or rows.max() >= n):
+            raise InstancesError("fts5vocab instances name rows the table does not hold")
+        return rows
+    rows = np.searchsorted(chunk_ids, ids)
+    if len(rows) and (rows.max() >= n or np.any(chunk_ids[rows] != ids)):
+        raise InstancesError("fts5vocab instances name rows the table does not hold")
+    return rows

@@ -29,6 +29,7 @@ from instructor_search.store import (
 )
 from instructor_search.store.connection import KEYWORD_WEIGHTS
 from instructor_search.store.index import Index
+from instructor_search.store.writes import KEYWORD_SETTINGS
 
 REBUILT = "is missing or older than the change log"
 
@@ -132,7 +133,7 @@ from instructor_search.store import keyword_file, vector_prebuild, vectors
 from instructor_search.store.writes import IndexWrites
 
 vectors.FLAT_MAX = vector_prebuild.FLAT_MAX = 100
-ingest.BATCH_DOCUMENTS = 10
+ingest.BATCH_DOCUMENTS = ingest.BULK_BATCH_DOCUMENTS = 10
 point = {point!r}
 
 def die(*args, **kwargs):
@@ -146,6 +147,15 @@ if point == "after the third batch":
             die()
         return upsert(self, batch)
     IndexWrites.upsert = counted
+elif point == "merging the keyword segments at the end of the load":
+    settings = IndexWrites._keyword_settings
+    def merging(self, values, optimize=False):
+        if optimize:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT INTO chunks_fts (chunks_fts) VALUES ('optimize')")
+            die()
+        return settings(self, values, optimize)
+    IndexWrites._keyword_settings = merging
 elif point == "after vectors.faiss, before keywords.bm25":
     keyword_file.save = die
 elif point == "before vectors.faiss is written":
@@ -159,6 +169,7 @@ ingest.ingest([{shards!r}], {path!r})
     "point",
     [
         "after the third batch",
+        "merging the keyword segments at the end of the load",
         "before vectors.faiss is written",
         "after vectors.faiss, before keywords.bm25",
     ],
@@ -178,6 +189,9 @@ def test_fresh_ingest_killed_then_rerun_gives_a_clean_builds_hits(shards, tmp_pa
         tmp_path / "clean", np.random.default_rng(5)
     )
     assert contents(path) == contents(tmp_path / "clean")
+    with Index.open(path, readonly=True) as ix:  # FTS5's own settings, not the bulk load's
+        held = dict(ix._db.execute("SELECT k, v FROM chunks_fts_config").fetchall())
+        assert {k: held[k] for k in KEYWORD_SETTINGS} == KEYWORD_SETTINGS
 
 
 def log_rows(path: Path) -> tuple[int, int, int]:
@@ -191,7 +205,7 @@ def test_no_change_log_without_derived_files(shards, tmp_path, monkeypatch):
     """Nothing can be brought forward by the log while no derived file exists: a fresh
     ingest's writes skip it and move ``changes_since`` instead; once the files exist, writes
     log again (and readers apply the log)."""
-    monkeypatch.setattr(ingest_module, "BATCH_DOCUMENTS", 10)
+    monkeypatch.setattr(ingest_module, "BULK_BATCH_DOCUMENTS", 10)  # a fresh ingest's batches
     with Index.create(tmp_path / "copy", SETTINGS) as ix:
         ingest_module.ingest_into(ix, [shards], sync=False)
     rows, since, generation = log_rows(tmp_path / "copy")

@@ -112,28 +112,9 @@ def ingest_into(
     beside = (
         _Beside(index, [f for _, names in files for f in names]) if sync and not stored else None
     )
-    bulk = not stored
-    most_documents = BULK_BATCH_DOCUMENTS if bulk else BATCH_DOCUMENTS
+    bulk = not stored  # into an empty index: a bulk load, in larger batches
+    batches = _Batches(index, report, beside, BULK_BATCH_DOCUMENTS if bulk else BATCH_DOCUMENTS)
     seen: set[str] = set()
-    batch: list[tuple[Document, list[Chunk], np.ndarray, bool]] = []
-    batched_chunks = 0
-
-    def flush() -> None:
-        nonlocal batched_chunks
-        if not batch:
-            return
-        ids = index.upsert([(doc, chunks, vectors) for doc, chunks, vectors, _ in batch])
-        if beside is not None:
-            beside.add(ids, batch)
-        for _, chunks, _, is_update in batch:
-            report.chunks_embedded += len(chunks)
-            if is_update:
-                report.documents_updated += 1
-            else:
-                report.documents_added += 1
-        batch.clear()
-        batched_chunks = 0
-
     read = (
         (file, item)
         for manifest, names in files
@@ -154,11 +135,8 @@ def ingest_into(
                 for pending, is_update in changed_documents([doc], stored, report):
                     if token_counts:
                         chunks = _counted(token_counts, doc.id, chunks)
-                    batch.append((pending, chunks, vectors, is_update))
-                    batched_chunks += len(chunks)
-                if len(batch) >= most_documents or batched_chunks >= BATCH_CHUNKS:
-                    flush()
-            flush()
+                    batches.add(pending, chunks, vectors, is_update)
+            batches.flush()
     except BaseException:
         if beside is not None:
             beside.abandon()
@@ -168,6 +146,40 @@ def ingest_into(
     if sync:
         index.sync_derived()
     return report
+
+
+class _Batches:
+    """Documents upserted a batch (one transaction) at a time, counted in the report and
+    handed to the vector index built beside the writes."""
+
+    def __init__(
+        self, index: Index, report: BuildReport, beside: _Beside | None, most_documents: int
+    ) -> None:
+        self._index, self._report, self._beside = index, report, beside
+        self._most_documents = most_documents
+        self._batch: list[tuple[Document, list[Chunk], np.ndarray, bool]] = []
+        self._chunks = 0
+
+    def add(self, doc: Document, chunks: list[Chunk], vectors: np.ndarray, is_update: bool) -> None:
+        self._batch.append((doc, chunks, vectors, is_update))
+        self._chunks += len(chunks)
+        if len(self._batch) >= self._most_documents or self._chunks >= BATCH_CHUNKS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._batch:
+            return
+        batch = self._batch
+        ids = self._index.upsert([(doc, chunks, vectors) for doc, chunks, vectors, _ in batch])
+        if self._beside is not None:
+            self._beside.add(ids, batch)
+        for _, chunks, _, is_update in batch:
+            self._report.chunks_embedded += len(chunks)
+            if is_update:
+                self._report.documents_updated += 1
+            else:
+                self._report.documents_added += 1
+        self._batch, self._chunks = [], 0
 
 
 class _Beside:

@@ -133,6 +133,27 @@ def test_a_fresh_ingest_leaves_one_keyword_segment_and_fts5s_own_settings(
     assert keyword_segments_and_settings(tmp_path / "copy")[1] == KEYWORD_SETTINGS
 
 
+def test_a_writer_opening_beside_a_running_load_does_not_wait_to_set_fts5_back(source):
+    import sqlite3
+    import time
+
+    from instructor_search.store.writes import BULK_KEYWORD_SETTINGS, KEYWORD_SETTINGS
+
+    with Index.open(source) as ix:  # a bulk load, still running in another process
+        ix._keyword_settings(BULK_KEYWORD_SETTINGS)
+    loader = sqlite3.connect(source / "index.sqlite", isolation_level=None)
+    loader.execute("BEGIN IMMEDIATE")
+    started = time.perf_counter()
+    with Index.open(source) as ix:
+        assert time.perf_counter() - started < 15  # not the 30 s busy timeout
+        assert ix._db.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    assert keyword_segments_and_settings(source)[1] == BULK_KEYWORD_SETTINGS
+    loader.execute("COMMIT")
+    loader.close()
+    Index.open(source).close()
+    assert keyword_segments_and_settings(source)[1] == KEYWORD_SETTINGS
+
+
 def test_ingest_again_skips_unchanged_and_replaces_changed(source, shards, tmp_path):
     ingest([shards], tmp_path / "copy")
     again = ingest([shards], tmp_path / "copy")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import PurePosixPath
@@ -17,8 +18,10 @@ import numpy as np
 from ..documents import Chunk, Document, spelled_text
 from ..errors import IndexMismatchError, InputError
 from ..gc_pause import gc_paused
-from .connection import IndexBase, locked, utc_now
+from .connection import BUSY_TIMEOUT_MS, IndexBase, locked, utc_now
 from .vectors import VectorIndexInfo
+
+logger = logging.getLogger(__name__)
 
 #: FTS5's settings while many rows are loaded (:meth:`IndexWrites.bulk_load`): a level's
 #: segments merged 16 at a time, 16 MB of pending terms per segment; and FTS5's defaults.
@@ -262,10 +265,17 @@ class IndexWrites(IndexBase):
 
     @locked
     def settle_keyword_settings(self) -> None:
-        """FTS5's own settings back where a bulk load was killed before its end."""
+        """FTS5's own settings back where a bulk load was killed before its end (not while
+        another writer holds the index: one later sets them back)."""
         held = dict(self._db.execute("SELECT k, v FROM chunks_fts_config").fetchall())
         if any(held.get(k, v) != v for k, v in KEYWORD_SETTINGS.items()):
-            self._keyword_settings(KEYWORD_SETTINGS)
+            self._db.execute("PRAGMA busy_timeout = 0")  # an open never waits for this
+            try:
+                self._keyword_settings(KEYWORD_SETTINGS)
+            except sqlite3.OperationalError as error:  # locked by a load still running
+                logger.debug("FTS5's settings left to a later writer: %s", error)
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     @locked
     def _keyword_settings(self, settings: dict[str, int], optimize: bool = False) -> None:

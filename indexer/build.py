@@ -32,7 +32,7 @@ from .chunking import Chunker, ChunkSettings
 from .diff import changed_documents, changed_paths, gone, scan_sources
 from .embedding import embed_and_store
 from .journal import JOURNAL_FILE, discard
-from .progress import LOADING, BuildProgress, ProgressBars, ProgressCallback
+from .progress import LOADING, BuildProgress, ProgressBars, ProgressCallback, progress_callback
 from .readers import ReaderSettings, ReadFailure, Skipped, checked_source
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def build(
         )
         return found.pending, gone(found)
 
-    progress = _progress(show_progress, on_progress)
+    progress = progress_callback(show_progress, on_progress)
     return _run(Path(index_path), settings, model, progress, collect, engine)
 
 
@@ -159,20 +159,13 @@ def add_documents(
             pending[doc.id] = doc
         return changed_documents(pending.values(), stored, report), []
 
-    progress = _progress(show_progress, on_progress)
+    progress = progress_callback(show_progress, on_progress)
     return _run(Path(index_path), settings or BuildSettings(), model, progress, collect)
 
 
 #: What a build embeds (``(document, is_update)``) and the ids of documents it removes.
 _Collected = tuple[list[tuple[Document, bool]], list[str]]
 Collector = Callable[[Index, "BuildReport", ProgressCallback], _Collected]
-
-
-def _progress(show: bool, callback: ProgressCallback | None) -> ProgressCallback:
-    """The callback a build reports to: the caller's, tqdm bars, or nothing."""
-    if callback is not None:
-        return callback
-    return ProgressBars() if show else lambda event: None
 
 
 def _run(

@@ -28,11 +28,26 @@ import numpy as np
 
 from instructor_search.documents import Chunk, Document
 from instructor_search.store.index import Index
-from instructor_search.store.shards import ShardFailure, read_manifest, read_shard, shard_files
+from instructor_search.store.shards import (
+    ShardFailure,
+    read_manifest,
+    read_shard,
+    shard_files,
+    shard_rows,
+)
 from instructor_search.store.vector_prebuild import VectorPrebuild
 
 from .build import BuildReport, changed_documents, open_index
 from .chunking import _plain_tokenizer
+from .progress import (
+    DERIVING,
+    MERGING,
+    STORING,
+    BuildProgress,
+    ProgressBars,
+    ProgressCallback,
+    progress_callback,
+)
 from .reader_base import ReadFailure
 
 logger = logging.getLogger(__name__)
@@ -47,6 +62,8 @@ BATCH_CHUNKS = 16_384
 #: Documents read from the shards ahead of the writes, on another thread (a few batches: the
 #: next file is read and converted while the writes of the current one end).
 READ_AHEAD = 2048
+#: An ingest's progress is told after about this many of the shards' rows.
+PROGRESS_ROWS = 8192
 
 T = TypeVar("T")
 
@@ -68,22 +85,31 @@ def token_counter(tokenizer: Any) -> TokenCounts:
 
 
 def ingest(
-    shards: Sequence[str | os.PathLike[str]], index_path: str | os.PathLike[str]
+    shards: Sequence[str | os.PathLike[str]],
+    index_path: str | os.PathLike[str],
+    *,
+    show_progress: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> BuildReport:
     """Create the index at ``index_path`` from the first manifest (or open it and check every
     manifest against it, as a build checks its model), upsert the shards' documents and bring
-    the derived files up to date."""
+    the derived files up to date. ``show_progress`` draws bars on stderr; ``on_progress`` gets
+    each :class:`~.progress.BuildProgress` instead (phases ``storing``, ``merging``,
+    ``deriving``)."""
     started = time.perf_counter()
     folders = [Path(folder) for folder in shards]
     manifests = [read_manifest(folder) for folder in folders]
     first = manifests[0].settings()
+    progress = progress_callback(show_progress, on_progress)
     index = open_index(Path(index_path), first, False, lambda: first.dimension)
     try:
-        report = ingest_into(index, folders)
+        report = ingest_into(index, folders, progress=progress)
         stats = index.stats()
         report.documents_total, report.chunks_total = stats.documents, stats.chunks
     finally:
         index.close()
+        if isinstance(progress, ProgressBars):
+            progress.close()
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
@@ -94,11 +120,13 @@ def ingest_into(
     *,
     token_counts: TokenCounts | None = None,
     sync: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> BuildReport:
     """Upsert the documents of ``shards`` into the open ``index`` (what :meth:`Index.ingest`
     runs); every manifest must match the index's settings. ``token_counts`` gives the stored
     chunks their token counts (0 without it). ``sync=False`` leaves the derived files to the
-    caller's :meth:`Index.sync_derived` (a build ingesting batch after batch syncs once)."""
+    caller's :meth:`Index.sync_derived` (a build ingesting batch after batch syncs once).
+    ``progress`` is told the shards' rows done (stored, unchanged or failed) as they go."""
     report = BuildReport()
     folders = [Path(folder) for folder in shards]
     manifests = [read_manifest(folder) for folder in folders]
@@ -114,6 +142,8 @@ def ingest_into(
     )
     bulk = not stored  # into an empty index: a bulk load, in larger batches
     batches = _Batches(index, report, beside, BULK_BATCH_DOCUMENTS if bulk else BATCH_DOCUMENTS)
+    told = progress or (lambda event: None)
+    rows = _RowsDone(told, sum(shard_rows(file) for _, names in files for file in names))
     seen: set[str] = set()
     read = (
         (file, item)
@@ -128,6 +158,7 @@ def ingest_into(
                     _failed(report, item.path, item.line, item.reason)
                     continue
                 doc, chunks, vectors = item
+                rows.add(len(chunks))
                 if doc.id in seen:
                     _failed(report, str(file), None, f"duplicate id {doc.id!r} (another file)")
                     continue
@@ -137,15 +168,42 @@ def ingest_into(
                         chunks = _counted(token_counts, doc.id, chunks)
                     batches.add(pending, chunks, vectors, is_update)
             batches.flush()
+            rows.close()
+            if bulk:
+                told(BuildProgress(MERGING, 0, 1))
+        if bulk:
+            told(BuildProgress(MERGING, 1, 1))
     except BaseException:
         if beside is not None:
             beside.abandon()
         raise
+    if sync:
+        told(BuildProgress(DERIVING, 0, 1))
     if beside is not None:
         beside.finish()
     if sync:
         index.sync_derived()
+        told(BuildProgress(DERIVING, 1, 1))
     return report
+
+
+class _RowsDone:
+    """The shards' rows done, told to a progress callback every :data:`PROGRESS_ROWS`."""
+
+    def __init__(self, progress: ProgressCallback, total: int) -> None:
+        self._progress, self._total = progress, total
+        self._done = self._told = 0
+        progress(BuildProgress(STORING, 0, total))
+
+    def add(self, rows: int) -> None:
+        self._done += rows
+        if self._done - self._told >= PROGRESS_ROWS:
+            self.close()
+
+    def close(self) -> None:
+        """Tell where it is now (the last time: at the end of the shards)."""
+        self._told = self._done
+        self._progress(BuildProgress(STORING, self._done, self._total))
 
 
 class _Batches:

@@ -1,5 +1,6 @@
 """A build's progress, phase by phase: reading files, loading the model, chunking documents,
-embedding chunks (or, with the Ray engine, documents embedded on Ray).
+embedding chunks (or, with the Ray engine, documents embedded on Ray); an ingest's: storing the
+shards' chunks, merging the keyword index (a bulk load's end), writing the derived files.
 
 The build reports :class:`BuildProgress` events to a callback; :class:`ProgressBars` is the
 callback the CLI uses (one tqdm bar per phase, on stderr). The embedding phase counts chunks
@@ -20,10 +21,14 @@ from typing import Any
 READING, LOADING, CHUNKING, EMBEDDING = "reading", "loading", "chunking", "embedding"
 #: The Ray engine's phase: documents done of those sent to the cluster, and their chunks.
 DISTRIBUTED = "embedding on Ray"
+#: An ingest's phases: the shards' rows read and stored (or found unchanged), then one step each.
+STORING, MERGING, DERIVING = "storing", "merging", "deriving"
 _UNITS = {READING: "file", LOADING: "model", CHUNKING: "doc", EMBEDDING: "chunk"}
-_UNITS[DISTRIBUTED] = "doc"
+_UNITS.update({DISTRIBUTED: "doc", STORING: "chunk", MERGING: "step", DERIVING: "step"})
 _LABELS = {READING: "Reading", LOADING: "Loading the model", CHUNKING: "Chunking"}
 _LABELS.update({EMBEDDING: "Embedding", DISTRIBUTED: "Embedding on Ray"})
+_LABELS.update({STORING: "Storing", MERGING: "Merging the keyword index"})
+_LABELS[DERIVING] = "Writing vectors.faiss and keywords.bm25"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,13 @@ class BuildProgress:
 
 
 ProgressCallback = Callable[[BuildProgress], None]
+
+
+def progress_callback(show: bool, callback: ProgressCallback | None) -> ProgressCallback:
+    """The callback a build or an ingest reports to: the caller's, tqdm bars, or nothing."""
+    if callback is not None:
+        return callback
+    return ProgressBars() if show else lambda event: None
 
 
 class ProgressBars:

@@ -176,9 +176,28 @@ def test_cli_ingest_json_has_builds_keys_and_export(source, tmp_path):
     result = runner.invoke(cli, ["ingest", str(tmp_path / "s"), "--index", str(tmp_path / "i"),
                                  "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert set(data) == set(BuildReport().to_dict())
     assert (data["documents_added"], data["chunks_total"]) == (11, 23)
+    for bar in ("Storing", "23/23", "Merging the keyword index", "Writing vectors.faiss"):
+        assert bar in result.stderr
+    again = runner.invoke(cli, ["ingest", str(tmp_path / "s"), "--index", str(tmp_path / "i"),
+                                "--quiet"])  # fmt: skip
+    assert again.exit_code == 0 and again.stderr == "", again.output
+    assert "0 added, 0 updated, 11 unchanged" in again.stdout
+
+
+def test_ingest_tells_its_progress_phase_by_phase(source, shards, tmp_path):
+    events = []
+    ingest([shards], tmp_path / "copy", on_progress=events.append)
+    phases = [e.phase for e in events]
+    assert phases == sorted(phases, key=["storing", "merging", "deriving"].index)
+    storing = [e for e in events if e.phase == "storing"]
+    assert storing[0].done == 0 and storing[-1].done == storing[-1].total == 23
+    assert [(e.done, e.total) for e in events if e.phase != "storing"] == [(0, 1), (1, 1)] * 2
+    events.clear()
+    ingest([shards], tmp_path / "copy", on_progress=events.append)  # into a full index: no merge
+    assert {e.phase for e in events} == {"storing", "deriving"}
 
 
 def test_manifest_mismatch_is_builds_error(shards, tmp_path):

@@ -20,8 +20,9 @@ from .common import EXIT_SOME_FAILED, errors_as_messages, print_json
     help="Index folder (created from the first manifest if new).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (build's keys).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (errors still print).")
 @errors_as_messages
-def ingest(shards: tuple[Path, ...], index_path: Path, as_json: bool) -> None:
+def ingest(shards: tuple[Path, ...], index_path: Path, as_json: bool, quiet: bool) -> None:
     """Upsert documents with their embeddings from shard folders (manifest.json + *.parquet).
 
     Unchanged documents are skipped and changed ones replaced, as a build does; nothing is
@@ -33,7 +34,7 @@ def ingest(shards: tuple[Path, ...], index_path: Path, as_json: bool) -> None:
     """
     from ..ingest import ingest as run_ingest
 
-    report = run_ingest(shards, index_path)
+    report = run_ingest(shards, index_path, show_progress=not quiet)
     for failure in report.failures:
         where = f"{failure.path}:{failure.line}" if failure.line else failure.path
         click.secho(f"failed: {where}: {failure.reason}", fg="yellow", err=True)

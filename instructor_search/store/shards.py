@@ -151,6 +151,16 @@ def shard_files(folder: str | Path) -> list[Path]:
     return files
 
 
+def shard_rows(file: Path) -> int:
+    """The rows a Parquet shard's footer counts (0 when it cannot be read: :func:`read_shard`
+    names the problem); what an ingest's progress counts to."""
+    pa = _arrow()
+    try:
+        return int(pa.parquet.ParquetFile(file).metadata.num_rows)
+    except (OSError, pa.ArrowException):
+        return 0
+
+
 def _type_error(pa: Any, name: str, column: pa.ChunkedArray, dimension: int) -> str | None:
     kind = column.type
     if name == "embedding":

@@ -126,7 +126,7 @@ def ingest_into(
     runs); every manifest must match the index's settings. ``token_counts`` gives the stored
     chunks their token counts (0 without it). ``sync=False`` leaves the derived files to the
     caller's :meth:`Index.sync_derived` (a build ingesting batch after batch syncs once).
-    ``progress`` is told the shards' rows done (stored or found unchanged) as they go."""
+    ``progress`` is told the rows of the shards' documents read so far (not of failed ones)."""
     report = BuildReport()
     folders = [Path(folder) for folder in shards]
     manifests = [read_manifest(folder) for folder in folders]

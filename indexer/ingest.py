@@ -142,8 +142,10 @@ def ingest_into(
     )
     bulk = not stored  # into an empty index: a bulk load, in larger batches
     batches = _Batches(index, report, beside, BULK_BATCH_DOCUMENTS if bulk else BATCH_DOCUMENTS)
-    told = progress or (lambda event: None)
-    rows = _RowsDone(told, sum(shard_rows(file) for _, names in files for file in names))
+    told = progress_callback(False, progress)
+    # the shards' footers are read for a total only when someone is told it (not per Ray batch)
+    total = sum(shard_rows(file) for _, names in files for file in names) if progress else 0
+    rows = _RowsDone(told, total)
     seen: set[str] = set()
     read = (
         (file, item)

@@ -7,8 +7,11 @@ them all is what a query at a million chunks spends its time on. MaxScore (Turtl
 rarer terms give ``k`` rows a partial score of at least ``theta``, a row can only reach the top
 ``k`` if its partial score plus the other terms' largest contributions is at least ``theta``;
 rows that no rarer term touches, and touched rows too far below, are never scored. The
-remaining candidates are then summed over every term in the query's order, the order of
-:func:`numpy.bincount` over all postings, so their scores are the same doubles.
+candidates then take the other terms one at a time (looked up, not summed everywhere), and
+after each those that can no longer reach the ``k``-th best partial sum are dropped, so the
+longest postings are searched for a few rows only. The rows left are summed over every term
+in the query's order, the order of :func:`numpy.bincount` over all postings, so their scores
+are the same doubles.
 """
 
 from __future__ import annotations
@@ -146,6 +149,15 @@ def top_rows(
     theta = _raised(partial, unraised, k, theta)
     floor = theta * (1 - MARGIN) - rest[used]  # a row below it cannot reach the k-th best
     candidates = np.flatnonzero(partial >= floor if floor > 0 else partial > 0)
+    score = partial[candidates]
+    for position in range(used, len(order)):  # the other terms: candidates pruned as they come
+        term = terms[order[position]]
+        score += _contributions(term, candidates, candidates.astype(term.rows.dtype), partial)
+        if len(score) > k:  # a partial sum is a lower bound of its row's total
+            theta = max(theta, float(np.partition(score, len(score) - k)[len(score) - k]))
+        keep = score >= theta * (1 - MARGIN) - rest[position + 1]
+        if not keep.all():
+            candidates, score = candidates[keep], score[keep]
     keys = candidates.astype(np.int32) if size < 2**31 else candidates  # as the postings' rows
     totals = np.zeros(len(candidates))
     for term in terms:  # in query order: the additions a full sum makes, the same doubles

@@ -17,7 +17,8 @@ frequency ``f(t, r)`` (multiples of the column weights 1 and 0.5: exact in float
 row's ``D``; a query computes its terms' contributions from the current ``N``, ``n_t`` and
 ``avgdl`` in the same float64 operations in the same order as FTS5 (cached per term), and sums
 them in phrase order, as FTS5 does, so the scores are the same doubles; the top rows are found
-without summing the common words' long postings everywhere (:mod:`.keyword_topk`). Two words
+with float32 approximations of them first and without summing the common words' long
+postings everywhere (:mod:`.keyword_topk`). Two words
 stemming to one term are two phrases and count twice. Because nothing stored depends on the
 collection's statistics, rows added or deleted since the file was written are a small delta
 (:meth:`KeywordMatrix.with_delta`: the added rows' postings, the deleted rows' postings
@@ -168,6 +169,7 @@ class KeywordMatrix:
         avgdl = float(total) / float(self.count) if self.count else 1.0
         every = self.lengths if self.added is None else np.r_[self.lengths, self.added.lengths]
         self._norm = K1 * ((1 - B) + (B * every.astype(np.float64)) / avgdl)
+        self._norm32 = self._norm.astype(np.float32)
         self._norm_min = float(self._norm.min()) if len(self._norm) else K1
         self._scores = TermCache(SCORE_CACHE_BYTES, SCORE_CACHE_TERMS)
         self._allowed: Recent[np.ndarray] = Recent(ALLOWED_CACHE)  # allow-list -> positions
@@ -237,12 +239,22 @@ class KeywordMatrix:
             scores *= idf
             return scores
 
+        norm32, idf32 = self._norm32, np.float32(idf)
+
+        def approximate(positions: np.ndarray) -> np.ndarray:
+            # The same in float32: each contribution within a few roundings of the exact one.
+            f = freq.astype(np.float32)
+            scores = f * np.float32(K1 + 1.0)
+            f += norm32[positions]
+            scores /= f
+            scores *= idf32
+            return scores
+
         most = float(freq.max())  # a bound: the most hits in the shortest row
         bound = idf * (most * (K1 + 1.0)) / (most + self._norm_min)
         copied = len(parts) > 1 or self._alive is not None
-        postings = TermPostings(
-            rows, bound, contributions, rows.nbytes + freq.nbytes if copied else 0
-        )
+        held = rows.nbytes + freq.nbytes if copied else 0
+        postings = TermPostings(rows, bound, contributions, held, approximate)
         if at is not None:
             self._scores.put(at, postings)
         return postings

@@ -159,6 +159,22 @@ def test_scores_are_fts5s_doubles(index):
         assert found == [(int(c), float(s)) for c, s in truth]
 
 
+def test_float32_contributions_are_within_the_error_the_pruning_allows(index):
+    """Candidates are found with float32 contributions: top_rows' margins hold only if each is
+    within APPROXIMATE_ERROR of the exact double, for every posting of every term."""
+    matrix = index._derived.keywords(index.generation)
+    checked = 0
+    for term in matrix.vocabulary:
+        postings = matrix._postings(term)
+        exact = postings.scores()
+        approximate = postings.approximations()
+        assert approximate.dtype == np.float32
+        error = np.abs(approximate.astype(np.float64) - exact)
+        assert np.all(error <= keyword_topk.APPROXIMATE_ERROR * exact), term
+        checked += len(exact)
+    assert checked > 1000
+
+
 def test_stems_count_once_per_word(index):
     """Two words stemming to one term are two FTS5 phrases (scores add); a repeated word is one."""
     run = dict(index.keyword_search("run", 1000))

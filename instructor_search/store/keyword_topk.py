@@ -9,12 +9,11 @@ rarer terms give ``k`` rows a partial score of at least ``theta``, a row can onl
 rows that no rarer term touches, and touched rows too far below, are never scored. These
 partial sums are float32 (half the memory to scatter into: at 1M chunks and k = 100 a query
 took 5.5-6.1 ms on average instead of 8.0-9.8, ``bench/RESULTS.md``), and every comparison
-allows for their rounding. The
-candidates then take the other terms one at a time (looked up, not summed everywhere), and
-after each those that can no longer reach the ``k``-th best partial sum are dropped, so the
-longest postings are searched for a few rows only. The rows left are summed over every term
-in the query's order, the order of :func:`numpy.bincount` over all postings, so their scores
-are the same doubles.
+allows for their rounding. The candidates then take the other terms one at a time (looked
+up, not summed everywhere), and after each those that can no longer reach the ``k``-th best
+partial sum are dropped, so the longest postings are searched for a few rows only. The rows
+left are summed over every term in the query's order, the order of :func:`numpy.bincount`
+over all postings, so their scores are the same doubles.
 """
 
 from __future__ import annotations

@@ -18,9 +18,8 @@ row's ``D``; a query computes its terms' contributions from the current ``N``, `
 ``avgdl`` in the same float64 operations in the same order as FTS5 (cached per term), and sums
 them in phrase order, as FTS5 does, so the scores are the same doubles; the top rows are found
 with float32 approximations of them first and without summing the common words' long
-postings everywhere (:mod:`.keyword_topk`). Two words
-stemming to one term are two phrases and count twice. Because nothing stored depends on the
-collection's statistics, rows added or deleted since the file was written are a small delta
+postings everywhere (:mod:`.keyword_topk`). Two words stemming to one term are two phrases
+and count twice. Because nothing stored depends on the collection's statistics, rows added or deleted since the file was written are a small delta
 (:meth:`KeywordMatrix.with_delta`: the added rows' postings, the deleted rows' postings
 subtracted from ``N``, ``n_t`` and ``avgdl``), tokenised by FTS5 in memory (:func:`build_rows`).
 

@@ -19,9 +19,10 @@ row's ``D``; a query computes its terms' contributions from the current ``N``, `
 them in phrase order, as FTS5 does, so the scores are the same doubles; the top rows are found
 with float32 approximations of them first and without summing the common words' long
 postings everywhere (:mod:`.keyword_topk`). Two words stemming to one term are two phrases
-and count twice. Because nothing stored depends on the collection's statistics, rows added or deleted since the file was written are a small delta
-(:meth:`KeywordMatrix.with_delta`: the added rows' postings, the deleted rows' postings
-subtracted from ``N``, ``n_t`` and ``avgdl``), tokenised by FTS5 in memory (:func:`build_rows`).
+and count twice. Because nothing stored depends on the collection's statistics, rows added or
+deleted since the file was written are a small delta (:meth:`KeywordMatrix.with_delta`: the
+added rows' postings, the deleted rows' postings subtracted from ``N``, ``n_t`` and
+``avgdl``), tokenised by FTS5 in memory (:func:`build_rows`).
 
 Tokens come from FTS5 itself: the document side from an ``fts5vocab`` ``instance`` table over
 ``chunks_fts``; the query side by inserting each word into an in-memory FTS5 table made with the

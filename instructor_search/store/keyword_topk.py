@@ -215,17 +215,20 @@ def _contributions(term: TermPostings, rows: np.ndarray) -> np.ndarray:
     for in the other."""
     out = np.zeros(len(rows))
     if len(term.rows) > len(rows):
-        keys = rows.astype(term.rows.dtype, copy=False)
-        at = np.searchsorted(term.rows, keys)
-        at[at == len(term.rows)] = 0
-        hit = term.rows[at] == keys
+        at, hit = _found(term.rows, rows.astype(term.rows.dtype, copy=False))
         out[hit] = term.scores(at[hit])
     elif len(rows):
-        at = np.searchsorted(rows, term.rows)
-        at[at == len(rows)] = 0
-        hit = rows[at] == term.rows
+        at, hit = _found(rows, term.rows)
         out[at[hit]] = term.scores(np.flatnonzero(hit))
     return out
+
+
+def _found(values: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``wanted`` is in the ascending, non-empty ``values`` (0 where absent),
+    and whether it is there."""
+    at = np.searchsorted(values, wanted)
+    at[at == len(values)] = 0
+    return at, values[at] == wanted
 
 
 def best_positions(totals: np.ndarray, k: int) -> np.ndarray:
